@@ -1,0 +1,76 @@
+"""Builds the library's objects from a run config: the schedule, the UNet, the denoiser.
+
+This is the one place where config strings (schedule names, dtypes) become objects;
+the library below it takes plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from diffjax.parameterization import make_denoiser
+from diffjax.schedules import DiscreteSchedule, make_schedule
+
+from diffjax.nn import UNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_schedule(diffusion: ml_collections.ConfigDict) -> DiscreteSchedule:
+    """The discrete noise schedule of ``config.diffusion``."""
+    kwargs = {}
+    if diffusion.schedule in ("linear", "scaled_linear"):
+        kwargs = {"beta_start": diffusion.beta_start, "beta_end": diffusion.beta_end}
+    return make_schedule(diffusion.schedule, diffusion.num_timesteps, **kwargs)
+
+
+def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNet:
+    """The UNet of ``config.model``; class-conditional (with a null class) if asked.
+
+    Args:
+      model: the ``config.model`` section.
+      num_classes: the dataset's number of classes (ignored when the config asks for
+        an unconditional model).
+    """
+    if model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={model.dtype!r}; expected one of {tuple(DTYPES)}")
+    return UNet(
+        base_channels=model.base_channels,
+        channel_mults=tuple(model.channel_mults),
+        num_res_blocks=model.num_res_blocks,
+        attention_resolutions=tuple(model.attention_resolutions),
+        dropout=model.dropout,
+        num_heads=model.num_heads,
+        num_classes=num_classes if model.class_conditional else None,
+        dtype=DTYPES[model.dtype],
+        conv_weight_grad=model.conv_weight_grad,
+    )
+
+
+def init_params(model: UNet, key: jax.Array, image_shape: tuple[int, ...]) -> Any:
+    """Initialises the UNet's parameters for images of ``image_shape`` (H, W, C)."""
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.float32)
+    labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
+    return model.init({"params": key}, x, t, labels, train=False)["params"]
+
+
+def inference_model_fn(model: UNet, params: Any) -> Callable[..., jax.Array]:
+    """``fn(x, t, labels) -> raw output`` of the UNet in inference mode (no dropout)."""
+
+    def model_fn(x: jax.Array, t: jax.Array, labels: Any) -> jax.Array:
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        return model.apply({"params": params}, x, t, labels, train=False)
+
+    return model_fn
+
+
+def build_denoiser(
+    model: UNet, params: Any, schedule: DiscreteSchedule, prediction_type: str
+) -> Callable:
+    """The sampler-facing denoiser ``fn(x, t, labels) -> Denoised`` of a trained UNet."""
+    return make_denoiser(inference_model_fn(model, params), schedule, prediction_type)

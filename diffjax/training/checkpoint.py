@@ -1,0 +1,168 @@
+"""Checkpoints: orbax CheckpointManager (async, bounded retention) plus the run's config.
+
+A workdir holds ``config.json`` (the run's full config), ``run_info.json`` (what the
+dataset fixed: image shape and number of classes) and ``checkpoints/<step>/``. Orbax
+writes each checkpoint to a temporary directory and renames it when complete, and
+only then drops the oldest beyond ``max_to_keep``, so a crash mid-save never replaces
+the last good checkpoint. A run started in a workdir whose config defines a different
+model is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from diffjax import config as config_lib
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes a file via a temporary file and rename, so readers never see half of it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """Reads the config a workdir was trained with.
+
+    Raises:
+      FileNotFoundError: the workdir has no ``config.json`` (not a diffjax run).
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir!r} is not a diffjax training workdir "
+            "(train one with `diffjax train --workdir ...`)"
+        )
+    with open(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def read_run_info(workdir: str) -> dict[str, Any]:
+    """Reads ``run_info.json`` (image_shape, num_classes) of a workdir."""
+    path = os.path.join(workdir, RUN_INFO_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} has no finished training setup")
+    with open(path) as f:
+        return json.load(f)
+
+
+def prepare_workdir(
+    workdir: str, config: ml_collections.ConfigDict, run_info: dict[str, Any]
+) -> None:
+    """Checks a workdir against the config, or initialises an empty one.
+
+    Raises:
+      ValueError: the workdir already holds a run whose model, diffusion or dataset
+        settings (or image shape / class count) differ from this one. Nothing in the
+        workdir is touched in that case.
+    """
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.isfile(config_path):
+        saved = read_config(workdir)
+        problems = config_lib.checkpoint_mismatches(saved, config)
+        info_path = os.path.join(workdir, RUN_INFO_FILE)
+        if os.path.isfile(info_path):
+            saved_info = read_run_info(workdir)
+            for key, value in run_info.items():
+                if saved_info.get(key) != value:
+                    problems.append(
+                        f"{key}: checkpoint has {saved_info.get(key)!r}, run has {value!r}"
+                    )
+        if problems:
+            raise ValueError(
+                f"workdir {workdir!r} holds a checkpoint from another configuration; "
+                "use a new workdir or the same settings:\n  " + "\n  ".join(problems)
+            )
+    os.makedirs(workdir, exist_ok=True)
+    write_text_atomic(config_path, config_lib.to_json(config))
+    write_text_atomic(os.path.join(workdir, RUN_INFO_FILE), json.dumps(run_info, indent=2))
+
+
+def checkpoint_manager(
+    workdir: str, *, max_to_keep: int = 3, async_checkpointing: bool = True
+) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager for ``workdir/checkpoints`` with bounded retention."""
+    if max_to_keep < 1:
+        raise ValueError(f"training.max_checkpoints_to_keep={max_to_keep} must be >= 1")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=async_checkpointing,
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        options=options,
+        item_names=("state", "config"),
+    )
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state: Any, config: ml_collections.ConfigDict
+) -> None:
+    """Saves the state and its config (as JSON) under ``step``; asynchronous if enabled."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(config.to_dict()),
+        ),
+    )
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
+    """Restores the state at ``step`` (default: latest) into the given abstract structure.
+
+    Args:
+      manager: the workdir's CheckpointManager.
+      abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) matching the
+        saved state, e.g. from ``jax.eval_shape``.
+      step: which checkpoint; None for the latest.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint (at that step).
+      ValueError: the checkpoint's arrays do not fit ``abstract_state``.
+    """
+    steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    step = manager.latest_step() if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint at step {step} in {manager.directory}; have {steps}"
+        )
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+    except (ValueError, KeyError) as e:
+        raise ValueError(
+            f"checkpoint at step {step} in {manager.directory} does not match this model: {e}"
+        ) from e
+    return restored["state"]
+
+
+def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Gives every leaf of an eval_shape tree the same sharding (for restore targets)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+    )

@@ -1,0 +1,205 @@
+"""The training loop: ``train(config, workdir)`` runs or resumes a run in a workdir.
+
+The loop is a thin host-side driver around one jitted, state-donating train step;
+all numerics live in :mod:`diffjax.training.step`. Batches are chosen by
+``batch_indices(step)``, keys by ``fold_in(seed, step)``, so a resumed run repeats
+exactly the batches and noise of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffjax import builders
+from diffjax.data import ImageDataset, batch_indices, load_dataset, validate_dataset
+from diffjax.training import checkpoint as ckpt
+from diffjax.training import sharding
+from diffjax.training.optimizer import make_optimizer
+from diffjax.training.state import TrainState, create_train_state
+from diffjax.training.step import make_train_step
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> ImageDataset:
+    """Loads the dataset a config names (``config.data``)."""
+    kwargs: dict[str, Any] = {"split": config.data.split}
+    if config.data.path:
+        kwargs["path"] = config.data.path
+    return validate_dataset(load_dataset(config.data.name, **kwargs))
+
+
+def run_info(dataset: ImageDataset) -> dict[str, Any]:
+    """The dataset facts a checkpoint depends on (saved as ``run_info.json``)."""
+    return {"image_shape": list(dataset.images.shape[1:]), "num_classes": int(dataset.num_classes)}
+
+
+def local_batch(
+    dataset: ImageDataset, step: int, batch_size: int, seed: int, conditional: bool
+) -> dict[str, np.ndarray]:
+    """This process's slice of the global batch at ``step``."""
+    indices = batch_indices(len(dataset.images), batch_size, step, seed)
+    per_process = batch_size // jax.process_count()
+    start = jax.process_index() * per_process
+    indices = indices[start : start + per_process]
+    batch = {"image": dataset.images[indices]}
+    if conditional:
+        batch["label"] = dataset.labels[indices]
+    return batch
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    dataset: ImageDataset | None = None,
+) -> TrainState:
+    """Trains (or resumes) the run described by ``config`` in ``workdir``.
+
+    Args:
+      config: the full run config (see :func:`diffjax.config.base_config`).
+      workdir: where config, checkpoints and ``metrics.jsonl`` live. A workdir with a
+        checkpoint resumes from it; one from an incompatible config is refused.
+      dataset: training data; by default the one ``config.data`` names.
+
+    Returns:
+      The final TrainState (replicated over the devices).
+
+    Raises:
+      ValueError: bad config values, a batch that does not split over the devices,
+        or a workdir holding another configuration's checkpoint.
+      FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
+    """
+    training = config.training
+    dataset = validate_dataset(dataset) if dataset is not None else load_training_data(config)
+    if training.batch_size > len(dataset.images):
+        raise ValueError(
+            f"training.batch_size={training.batch_size} exceeds the {len(dataset.images)} "
+            f"training images of {dataset.name!r}"
+        )
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(training.batch_size, mesh)
+    ckpt.prepare_workdir(workdir, config, run_info(dataset))
+
+    model = builders.build_unet(config.model, dataset.num_classes)
+    schedule = builders.build_schedule(config.diffusion)
+    optimizer = make_optimizer(config.optim)
+    conditional = model.num_classes is not None
+    image_shape = tuple(dataset.images.shape[1:])
+    replicated = sharding.replicated(mesh)
+
+    def init_state(key: jax.Array) -> TrainState:
+        return create_train_state(builders.init_params(model, key, image_shape), optimizer)
+
+    base_key = jax.random.key(training.seed)
+    init_key, train_key = jax.random.split(base_key)
+    manager = ckpt.checkpoint_manager(
+        workdir,
+        max_to_keep=training.max_checkpoints_to_keep,
+        async_checkpointing=training.async_checkpointing,
+    )
+    if manager.latest_step() is not None:
+        abstract = ckpt.abstract_with_sharding(jax.eval_shape(init_state, init_key), replicated)
+        state = ckpt.restore(manager, abstract)
+    else:
+        state = jax.jit(init_state, out_shardings=replicated)(init_key)
+
+    step_fn = make_train_step(model, schedule, optimizer, config.diffusion, training.ema_decay)
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+    start = int(state.step)
+    is_main = jax.process_index() == 0
+    progress = tqdm(
+        total=training.num_steps,
+        initial=start,
+        disable=not (is_main and training.progress_bar),
+        desc=f"train {dataset.name}",
+        unit="step",
+    )
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        for step in range(start, training.num_steps):
+            batch = sharding.global_batch(
+                local_batch(dataset, step, training.batch_size, training.seed, conditional), mesh
+            )
+            state, metrics = train_step(state, batch, train_key)
+            window_steps += 1
+            progress.update(1)
+            done = step + 1
+            if done % training.log_every == 0 or done == training.num_steps:
+                host = jax.device_get(metrics)
+                if not bool(host["finite"]):
+                    raise FloatingPointError(
+                        f"loss is {float(host['loss'])} at step {done}; the last good checkpoint "
+                        f"in {workdir} (step {manager.latest_step()}) is kept"
+                    )
+                elapsed = time.perf_counter() - window_start
+                images_per_s = window_steps * training.batch_size / max(elapsed, 1e-9)
+                record = {
+                    "step": done,
+                    "loss": float(host["loss"]),
+                    "grad_norm": float(host["grad_norm"]),
+                    "images_per_s": images_per_s,
+                }
+                progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+                if is_main:
+                    _append_jsonl(os.path.join(workdir, METRICS_FILE), record)
+                window_start, window_steps = time.perf_counter(), 0
+            if done % training.checkpoint_every == 0 or done == training.num_steps:
+                ckpt.save(manager, done, state, config)
+        manager.wait_until_finished()
+    finally:
+        progress.close()
+        manager.close()
+    return state
+
+
+def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Loads a trained run for sampling.
+
+    Args:
+      workdir: a training workdir.
+      step: which checkpoint (default: latest).
+
+    Returns:
+      (config, model, ema_params, run_info).
+    """
+    config = ckpt.read_config(workdir)
+    info = ckpt.read_run_info(workdir)
+    model = builders.build_unet(config.model, info["num_classes"])
+    optimizer = make_optimizer(config.optim)
+    image_shape = tuple(info["image_shape"])
+
+    def init_state(key: jax.Array) -> TrainState:
+        return create_train_state(builders.init_params(model, key, image_shape), optimizer)
+
+    mesh = sharding.make_mesh()
+    abstract = ckpt.abstract_with_sharding(
+        jax.eval_shape(init_state, jax.random.key(0)), sharding.replicated(mesh)
+    )
+    manager = ckpt.checkpoint_manager(workdir, async_checkpointing=False)
+    try:
+        state = ckpt.restore(manager, abstract, step)
+    finally:
+        manager.close()
+    return config, model, state.ema_params, info
+
+
+def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+__all__ = ["load_trained", "load_training_data", "train"]
