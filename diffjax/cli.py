@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train + sample + fidelity report on bundled digits")
     demo.add_argument("--workdir", default="demo_out")
     demo.add_argument("--variant", default="", help="digits config variant ('' or 'tiny')")
-    demo.add_argument("--num-per-class", type=int, default=100)
+    demo.add_argument("--num-per-class", type=int, default=50)
     return parser
 
 

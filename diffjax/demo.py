@@ -86,7 +86,7 @@ def run_demo(
     overrides: Sequence[str] = (),
     variant: str = "",
     guidance_scales: Sequence[float] = DEFAULT_GUIDANCE_SCALES,
-    num_per_class: int = 100,
+    num_per_class: int = 50,
     num_sampling_steps: int = 50,
     seed: int = 0,
 ) -> dict[str, Any]:

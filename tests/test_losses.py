@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from diffjax.schedules import make_schedule
 
 from diffjax import losses
+from diffjax.schedules import make_schedule
 
 
 def test_drop_labels_is_deterministic_and_has_the_right_rate():

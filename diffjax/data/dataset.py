@@ -89,9 +89,7 @@ def validate_images(images: Any, *, name: str = "images") -> np.ndarray:
     if not 1 <= c <= 4:
         hint = ""
         if 1 <= h <= 4:
-            hint = (
-                "; this looks like NCHW, transpose it with images.transpose(0, 2, 3, 1)"
-            )
+            hint = "; this looks like NCHW, transpose it with images.transpose(0, 2, 3, 1)"
         raise ValueError(
             f"{name} must be NHWC with 1 to 4 trailing channels, got shape {arr.shape} "
             f"({c} channels){hint}."

@@ -79,7 +79,7 @@ def make_train_step(
         )
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "finite": jnp.isfinite(loss),
         }
         return new_state, metrics

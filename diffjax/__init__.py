@@ -1,0 +1,90 @@
+"""diffjax: diffusion models in JAX/Flax.
+
+Train a UNet with classifier-free conditioning dropout (:func:`train`), then sample it
+with scan-compiled samplers (:func:`sample` with :func:`ddim` or :func:`ddpm`) through a
+denoiser wrapper (:func:`make_denoiser`) and optional guidance
+(:func:`classifier_free_guidance`). Everything is a pure function of pytrees.
+"""
+
+from diffjax.builders import build_denoiser, build_schedule, build_unet, init_params
+from diffjax.config import apply_overrides, base_config, digits_config, load_config
+from diffjax.generate import generate, make_sampler
+from diffjax.guidance import classifier_free_guidance
+from diffjax.losses import diffusion_loss, drop_labels, loss_weight
+from diffjax.nn import UNet
+from diffjax.parameterization import (
+    Denoised,
+    eps_to_x0,
+    make_denoiser,
+    training_target,
+    v_to_eps,
+    v_to_x0,
+    x0_eps_to_v,
+    x0_to_eps,
+)
+from diffjax.samplers import Sampler, ddim, ddpm, sample
+from diffjax.schedules import (
+    CosineVPSchedule,
+    DiscreteSchedule,
+    LinearVPSchedule,
+    cosine_betas,
+    leading_timesteps,
+    linear_betas,
+    linspace_timesteps,
+    log_snr_uniform_timesteps,
+    make_schedule,
+    quadratic_timesteps,
+    scaled_linear_betas,
+    trailing_timesteps,
+    with_final_timestep,
+)
+from diffjax.training import TrainState, load_trained, make_train_step, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CosineVPSchedule",
+    "Denoised",
+    "DiscreteSchedule",
+    "LinearVPSchedule",
+    "Sampler",
+    "TrainState",
+    "UNet",
+    "apply_overrides",
+    "base_config",
+    "build_denoiser",
+    "build_schedule",
+    "build_unet",
+    "classifier_free_guidance",
+    "cosine_betas",
+    "ddim",
+    "ddpm",
+    "diffusion_loss",
+    "digits_config",
+    "drop_labels",
+    "eps_to_x0",
+    "generate",
+    "init_params",
+    "leading_timesteps",
+    "linear_betas",
+    "linspace_timesteps",
+    "load_config",
+    "load_trained",
+    "log_snr_uniform_timesteps",
+    "loss_weight",
+    "make_denoiser",
+    "make_sampler",
+    "make_schedule",
+    "make_train_step",
+    "quadratic_timesteps",
+    "sample",
+    "scaled_linear_betas",
+    "trailing_timesteps",
+    "train",
+    "training_target",
+    "v_to_eps",
+    "v_to_x0",
+    "with_final_timestep",
+    "x0_eps_to_v",
+    "x0_to_eps",
+]

@@ -1,0 +1,412 @@
+"""Tests for diffjax.samplers: DDIM / DDPM ancestral and the lax.scan driver."""
+
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffjax import schedules as S
+from diffjax.guidance import classifier_free_guidance
+from diffjax.parameterization import Denoised, make_denoiser
+from diffjax.samplers import Sampler, ddim, ddpm, sample
+
+T = 1000
+LINEAR = S.make_schedule("linear", T)
+FULL_GRID = S.with_final_timestep(np.arange(T - 1, -1, -1))  # [999, ..., 0, -1]
+KEY = jax.random.key(0)
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def harness_sample():
+    """diffusers' deterministic scheduler-test sample, batch-first (4, 3, 8, 8)."""
+    x = jnp.arange(768, dtype=jnp.float32) / 768
+    return x.reshape(3, 8, 8, 4).transpose(3, 0, 1, 2)
+
+
+def harness_model(x, t, cond):
+    """diffusers' dummy model eps(x, t) = x * t / (t + 1) with integer timestep t."""
+    t = t.reshape((-1,) + (1,) * (x.ndim - 1))
+    return x * t / (t + 1)
+
+
+def gaussian_eps_model(schedule, mu, cov):
+    """Exact eps* for data N(mu, cov) (x is (B, d)): sigma (a^2 S + s^2 I)^-1 (x - a mu).
+
+    Uses the eigendecomposition S = V diag(l) V^T, so no linear solve runs per step.
+    """
+    lam, vecs = np.linalg.eigh(np.asarray(cov, np.float64))
+    lam, vecs = jnp.asarray(lam, jnp.float32), jnp.asarray(vecs, jnp.float32)
+    mu = jnp.asarray(mu, jnp.float32)
+
+    def model_fn(x, t, cond):
+        a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
+        r = (x - a * mu) @ vecs  # eigen-coordinates
+        return s * (r / (a**2 * lam + s**2)) @ vecs.T
+
+    return model_fn
+
+
+def gaussian_w2(m1, c1, m2, c2):
+    """Exact 2-Wasserstein distance between two Gaussians (float64)."""
+    w, v = np.linalg.eigh(c1)
+    r1 = (v * np.sqrt(np.maximum(w, 0))) @ v.T
+    inner = np.linalg.eigvalsh(r1 @ c2 @ r1)
+    w2sq = (
+        np.sum((m1 - m2) ** 2)
+        + np.trace(c1)
+        + np.trace(c2)
+        - 2 * np.sum(np.sqrt(np.maximum(inner, 0)))
+    )
+    return float(np.sqrt(max(w2sq, 0.0)))
+
+
+# ------------------------------------------------- diffusers DDIM harness values
+
+
+@pytest.mark.parametrize(
+    ("prediction_type", "beta_start", "final", "golden_sum", "golden_mean"),
+    [
+        ("eps", 1e-4, -1, 172.0067, 0.223967),  # final alpha = 1
+        ("v", 1e-4, -1, 52.5302, 0.0684),
+        ("eps", 0.01, -1, 149.8295, 0.1951),  # set_alpha_to_one=True
+        ("eps", 0.01, 0, 149.0784, 0.1941),  # set_alpha_to_one=False: last step 0 -> 0
+    ],
+)
+def test_ddim_matches_diffusers_harness(
+    prediction_type, beta_start, final, golden_sum, golden_mean
+):
+    """DDIM, 10 steps, eta 0, leading spacing offset 0 (900..0), x0 clipped to [-1, 1].
+
+    diffusers evaluates the model at all ten leading timesteps 900, ..., 0 and its final
+    step goes from t = 0 to ``final_alpha_cumprod``: alpha = 1 (our target -1) or
+    alpha_bar_0 (our target 0, a zero-length step 0 -> 0 that re-applies the clipping).
+    """
+    sched = S.DiscreteSchedule.from_betas(S.linear_betas(T, beta_start, 0.02))
+    grid = S.with_final_timestep(S.leading_timesteps(T, 10), final)
+    assert grid[0] == 900 and grid[-2] == 0
+    den = make_denoiser(harness_model, sched, prediction_type)
+    sampler = ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False)
+    x = jax.jit(lambda x: sample(sampler, den, x, jax.random.key(0)))(harness_sample())
+    assert x.dtype == jnp.float32
+    np.testing.assert_allclose(float(jnp.sum(jnp.abs(x))), golden_sum, rtol=1e-4)
+    np.testing.assert_allclose(float(jnp.mean(jnp.abs(x))), golden_mean, rtol=1e-4, atol=5e-5)
+
+
+def test_final_zero_length_step_only_matters_through_clipping():
+    """Why the 9-evaluation grid [900..100, 0] also gives 149.0784: a DDIM step 0 -> 0
+    re-noises x0 with the same eps, so it is the identity unless clipping x0 bites
+    (it does not on the harness). diffusers' semantics is still 10 evaluations
+    ([900..0, 0]); on an input where the last x0 is clipped the two grids differ.
+    """
+    sched = S.DiscreteSchedule.from_betas(S.linear_betas(T, 0.01, 0.02))
+    ten = S.with_final_timestep(S.leading_timesteps(T, 10), 0)
+    nine = np.array([900, 800, 700, 600, 500, 400, 300, 200, 100, 0])
+    den = make_denoiser(harness_model, sched, "eps")
+
+    @jax.jit
+    def run_all(x_T):
+        return [
+            sample(ddim(sched, g, clip_x0=1.0, recompute_eps_after_clip=False), den, x_T, KEY)
+            for g in (ten, nine)
+        ]
+
+    a10, a9 = run_all(harness_sample())
+    chex.assert_trees_all_close(a10, a9, atol=1e-6)
+    b10, b9 = run_all(10.0 * harness_sample())
+    assert float(jnp.max(jnp.abs(b10 - b9))) > 1e-3
+    assert float(jnp.max(jnp.abs(b10))) <= np.sqrt(float(sched.alphas_cumprod[0])) + 1e-6
+
+
+def test_ddim_step_matches_formula_with_noise():
+    """One stochastic DDIM step equals Song et al. Eq. 12 with sigma_t(eta) of Eq. 16."""
+    eta, t, s = 0.7, 600, 450
+    x = jax.random.normal(jax.random.key(3), (2, 5))
+    key = jax.random.key(7)
+    den = make_denoiser(lambda x, t, c: jnp.sin(x) * 0.5, LINEAR, "eps")
+    smp = ddim(LINEAR, np.array([t, s]), eta=eta)
+    got = jax.jit(lambda x, key: smp.finalize(smp.step(den, smp.init(x), jnp.int32(0), key, None)))(
+        x, key
+    )
+
+    ab = np.asarray(LINEAR.alphas_cumprod, np.float64)
+    a_t, a_s = ab[t], ab[s]
+    e = np.sin(np.asarray(x, np.float64)) * 0.5
+    x0 = (np.asarray(x) - np.sqrt(1 - a_t) * e) / np.sqrt(a_t)
+    std = eta * np.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+    z = np.asarray(jax.random.normal(key, x.shape, jnp.float32), np.float64)
+    expected = np.sqrt(a_s) * x0 + np.sqrt(1 - a_s - std**2) * e + std * z
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_eta_one_equals_ddpm_posterior():
+    """DDIM with eta = 1 is the DDPM ancestral step with beta-tilde, on any grid."""
+    grid = S.with_final_timestep(S.trailing_timesteps(T, 25))
+    den = make_denoiser(gaussian_eps_model(LINEAR, [0.3], [[0.25]]), LINEAR, "eps")
+    x_T = jax.random.normal(jax.random.key(0), (64, 1))
+    key = jax.random.key(1)
+    a, b = jax.jit(
+        lambda x_T: (
+            sample(ddim(LINEAR, grid, eta=1.0), den, x_T, key),
+            sample(ddpm(LINEAR, grid, variance="beta_tilde"), den, x_T, key),
+        )
+    )(x_T)
+    chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------- analytic Gaussian data
+
+
+def ddpm_gaussian_law(schedule, grid, variance, mu, s):
+    """Exact output law N(m, v) of the DDPM chain for 1-D data N(mu, s^2), x_T ~ N(0, 1).
+
+    With the exact eps* every step is x <- A x + c + std z, so mean and variance
+    propagate in closed form (float64).
+    """
+    ab = lambda t: 1.0 if t < 0 else float(np.float64(schedule.alphas_cumprod[int(t)]))  # noqa: E731
+    m, v = 0.0, 1.0
+    for t, tp in itertools.pairwise(grid):
+        at, ap = ab(t), ab(tp)
+        a, sg = np.sqrt(at), np.sqrt(1 - at)
+        k = sg / (at * s * s + sg * sg)  # eps* = k (x - a mu)
+        beta = 1 - at / ap
+        cx0 = np.sqrt(ap) * beta / (1 - at)
+        cxt = np.sqrt(1 - beta) * (1 - ap) / (1 - at)
+        A = cx0 * (1 - sg * k) / a + cxt
+        c = cx0 * sg * k * mu
+        var = 0.0 if tp < 0 else (beta * (1 - ap) / (1 - at) if variance == "beta_tilde" else beta)
+        m, v = A * m + c, A * A * v + var
+    return m, np.sqrt(v)
+
+
+@pytest.mark.parametrize(
+    ("variance", "grid"),
+    [
+        ("beta_tilde", FULL_GRID),
+        ("beta", FULL_GRID),
+        ("beta_tilde", S.with_final_timestep(S.trailing_timesteps(T, 100))),
+    ],
+    ids=["beta_tilde-1000", "beta-1000", "beta_tilde-100"],
+)
+def test_ddpm_samples_1d_gaussian(variance, grid):
+    """DDPM ancestral with the exact eps* of N(mu, s^2), 4096 samples.
+
+    The sample mean/std must match the exact law of the discretized chain within
+    Monte-Carlo error; on the full 1000-step chain that law is the data law to < 1%.
+    (On a 100-step skipped grid the beta-tilde chain is genuinely biased: std 0.370
+    instead of 0.4.)
+    """
+    mu, s, n = 0.7, 0.4, 4096
+    den = make_denoiser(gaussian_eps_model(LINEAR, [mu], [[s**2]]), LINEAR, "eps")
+    key = jax.random.key(42)
+    x_T = jax.random.normal(jax.random.fold_in(key, 10_000), (n, 1))
+    run = jax.jit(lambda x_T: sample(ddpm(LINEAR, grid, variance=variance), den, x_T, key))
+    x = np.asarray(run(x_T), np.float64)
+    m_exact, s_exact = ddpm_gaussian_law(LINEAR, grid, variance, mu, s)
+    # Monte-Carlo standard errors: s / sqrt(n) for the mean, ~s / sqrt(2n) for the std.
+    assert abs(x.mean() - m_exact) < 4 * s / np.sqrt(n)
+    assert abs(x.std() - s_exact) < 4 * s / np.sqrt(2 * n)
+    if len(grid) == T + 1:
+        assert abs(m_exact - mu) < 1e-3 and abs(s_exact - s) < 0.01 * s
+        assert abs(x.mean() - mu) < 4 * s / np.sqrt(n)
+        assert abs(x.std() - s) < 4 * s / np.sqrt(2 * n) + 0.01 * s
+
+
+def test_ddim_w2_first_order_convergence():
+    """DDIM (eta = 0) with the exact eps* of a Gaussian is affine in x_T, so the output
+    law is N(b, J J^T) and its W2 error is exact (no sampling noise). It must decrease
+    with the step count at first order (log-log slope ~ -1).
+    """
+    mu = np.array([1.0, -0.5])
+    cov = np.array([[1.0, 0.6], [0.6, 0.5]])
+    den = make_denoiser(gaussian_eps_model(LINEAR, mu, cov), LINEAR, "eps")
+    probes = jnp.asarray(np.vstack([np.zeros(2), np.eye(2)]), jnp.float32)  # 0, e1, e2
+    steps = [5, 10, 20, 40, 80, 160]
+    w2 = []
+    for n in steps:
+        smp = ddim(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, n)))
+        out = np.asarray(jax.jit(lambda p, smp=smp: sample(smp, den, p, KEY))(probes), np.float64)
+        b, J = out[0], (out[1:] - out[0]).T
+        w2.append(gaussian_w2(b, J @ J.T, mu, cov))
+    w2 = np.array(w2)
+    assert np.all(np.diff(w2) < 0), w2
+    slope = np.polyfit(np.log(steps), np.log(w2), 1)[0]
+    assert -1.2 < slope < -0.8, (slope, w2)
+    assert w2[-1] < 0.02
+
+
+def test_ddim_continuous_schedule():
+    """DDIM runs on a continuous VP schedule with a float time grid."""
+    sched = S.LinearVPSchedule()
+    mu, cov = np.array([0.5]), np.array([[0.09]])
+    den = make_denoiser(gaussian_eps_model(sched, mu, cov), sched, "eps")
+    probes = jnp.asarray([[0.0], [1.0]])
+    out = np.asarray(sample(ddim(sched, np.linspace(1.0, sched.t_min, 101)), den, probes, KEY))
+    b, j = out[0, 0], out[1, 0] - out[0, 0]
+    assert abs(b - 0.5) < 0.02 and abs(abs(j) - 0.3) < 0.02
+
+
+# ------------------------------------------------------------ driver mechanics
+
+
+def test_driver_is_one_scan_and_returns_trajectory():
+    calls = []
+
+    def model_fn(x, t, cond):
+        calls.append(1)  # Python side effect: runs once per trace, not per step
+        return 0.1 * x
+
+    den = make_denoiser(model_fn, LINEAR, "eps")
+    smp = ddim(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, 10)))
+    x_T = jax.random.normal(jax.random.key(0), (2, 3))
+    x, traj = sample(smp, den, x_T, jax.random.key(1), return_trajectory=True)
+    assert len(calls) == 1
+    assert smp.num_steps == 10
+    chex.assert_shape(traj, (11, 2, 3))
+    chex.assert_trees_all_close(traj[0], x_T)
+    chex.assert_trees_all_close(traj[-1], x)
+    jaxpr = jax.make_jaxpr(lambda x: sample(smp, den, x, jax.random.key(1)))(x_T)
+    assert sum(eqn.primitive.name == "scan" for eqn in jaxpr.eqns) == 1
+
+
+def test_state_is_float32_with_bfloat16_network():
+    den = make_denoiser(lambda x, t, c: (0.1 * x).astype(jnp.bfloat16), LINEAR, "eps")
+    for smp in (ddim(LINEAR, FULL_GRID[::100]), ddpm(LINEAR, FULL_GRID[::100])):
+        x = sample(smp, den, jnp.ones((2, 3), jnp.bfloat16), jax.random.key(0))
+        assert x.dtype == jnp.float32
+
+
+def test_vmap_over_keys():
+    den = make_denoiser(gaussian_eps_model(LINEAR, [0.0], [[1.0]]), LINEAR, "eps")
+    smp = ddpm(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, 20)))
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def one(k):
+        return sample(smp, den, jax.random.normal(k, (2, 1)), k)
+
+    batched, single = jax.jit(lambda ks: (jax.vmap(one)(ks), one(ks[1])))(keys)
+    chex.assert_shape(batched, (3, 2, 1))
+    chex.assert_trees_all_close(batched[1], single, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(batched[0], batched[1])
+
+
+def test_stochastic_ddim_uses_the_key():
+    den = make_denoiser(lambda x, t, c: 0.5 * x, LINEAR, "eps")
+    smp = ddim(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, 10)), eta=1.0)
+    x_T = jnp.ones((4, 2))
+    run = jax.jit(lambda k: sample(smp, den, x_T, k))
+    a, b, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
+    chex.assert_trees_all_close(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_no_recompile_when_scale_eta_seed_labels_change():
+    def model_fn(x, t, labels):
+        return jnp.tanh(x * (1.0 + labels.astype(jnp.float32)[:, None] / 10.0))
+
+    den = make_denoiser(model_fn, LINEAR, "eps")
+    grid = S.with_final_timestep(S.trailing_timesteps(T, 8))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def generate(key, labels, guidance_scale, eta):
+        guided = classifier_free_guidance(den, guidance_scale, null_cond=10)
+        x_T = jax.random.normal(key, (labels.shape[0], 3))
+        return sample(ddim(LINEAR, grid, eta=eta), guided, x_T, key, cond=labels)
+
+    chex.clear_trace_counter()
+    f32 = jnp.float32
+    outs = [
+        generate(jax.random.key(0), jnp.array([1, 2]), f32(1.0), f32(0.0)),
+        generate(jax.random.key(1), jnp.array([3, 4]), f32(3.0), f32(0.5)),
+        generate(jax.random.key(2), jnp.array([5, 6]), f32(7.5), f32(1.0)),
+    ]
+    assert all(o.shape == (2, 3) and o.dtype == jnp.float32 for o in outs)
+    assert not np.allclose(outs[0], outs[1])
+
+
+def test_custom_sampler_runs_in_driver():
+    """Any Sampler-shaped NamedTuple runs in the driver (here: x <- x + t_index)."""
+    smp = Sampler(
+        num_steps=3,
+        init=lambda x: (x, jnp.zeros((), jnp.float32)),
+        step=lambda fn, st, i, k, c: (st[0] + i.astype(jnp.float32), st[1] + 1.0),
+        finalize=lambda st: st[0],
+    )
+    x = sample(smp, lambda x, t, c: Denoised(x, x), jnp.zeros((1,)), jax.random.key(0))
+    np.testing.assert_array_equal(x, [3.0])
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs():
+    grid = S.with_final_timestep(S.trailing_timesteps(T, 10))
+    with pytest.raises(ValueError, match="eta"):
+        ddim(LINEAR, grid, eta=-0.1)
+    with pytest.raises(ValueError, match="timesteps"):
+        ddim(LINEAR, np.array([999]))  # wrong grid length (needs num_steps + 1 >= 2)
+    with pytest.raises(ValueError, match="timesteps"):
+        ddim(LINEAR, np.array([[999, 0]]))
+    with pytest.raises(ValueError, match="timesteps"):
+        ddim(LINEAR, np.array([1000, 500, -1]))  # past the schedule's last timestep
+    with pytest.raises(ValueError, match="timesteps"):
+        ddpm(LINEAR, np.array([100, 500, -1]))  # increasing
+    with pytest.raises(ValueError, match="timesteps"):
+        ddpm(LINEAR, np.array([500, -1, -1]))  # model evaluated at the clean point
+    with pytest.raises(ValueError, match="variance"):
+        ddpm(LINEAR, grid, variance="learned")
+    with pytest.raises(ValueError, match="clip_x0"):
+        ddim(LINEAR, grid, clip_x0=0.0)
+    with pytest.raises(ValueError, match="timesteps"):
+        jax.jit(lambda g: ddim(LINEAR, g).num_steps)(jnp.asarray(grid))
+    with pytest.raises(ValueError, match="num_steps"):
+        ddim(LINEAR, S.with_final_timestep(S.leading_timesteps(T, T + 1)))
+
+
+def test_traced_eta_zero_equals_static_eta_zero():
+    """A traced eta is accepted (not checked at trace time) and eta = 0 is deterministic."""
+    den = make_denoiser(lambda x, t, c: 0.5 * x, LINEAR, "eps")
+    grid = FULL_GRID[::100]
+    x_T = jnp.ones((4, 2))
+
+    @jax.jit
+    def run(eta):
+        return sample(ddim(LINEAR, grid, eta=eta), den, x_T, KEY), sample(
+            ddim(LINEAR, grid), den, x_T, KEY
+        )
+
+    traced, static = run(0.0)
+    chex.assert_trees_all_close(traced, static, rtol=1e-6, atol=1e-6)
+
+
+def test_ddim_clipping_recomputes_eps_from_the_clipped_x0():
+    """With recompute_eps_after_clip (the default) one step is exactly
+    alpha' x0c + sigma' (x_t - alpha x0c) / sigma for the clipped x0c; without it, the
+    network's eps is kept. Both agree when nothing is clipped."""
+    sched = S.DiscreteSchedule.from_betas(S.linear_betas(T))
+    grid = np.array([500, 400])
+    x_t = jnp.linspace(-3.0, 3.0, 24).reshape(1, 4, 6, 1)
+    den = make_denoiser(lambda x, t, c: 0.3 * x, sched, "eps")
+    out = den(x_t, jnp.float32(500), None)
+    a, s, a_p, s_p = (
+        float(f(jnp.float32(t)))
+        for f, t in ((sched.alpha, 500), (sched.sigma, 500), (sched.alpha, 400), (sched.sigma, 400))
+    )
+    x0c = jnp.clip(out.x0, -1, 1)
+    assert float(jnp.max(jnp.abs(out.x0))) > 1  # clipping bites on this input
+    got = sample(ddim(sched, grid, clip_x0=1.0), den, x_t, KEY)
+    np.testing.assert_allclose(got, a_p * x0c + s_p * (x_t - a * x0c) / s, rtol=1e-5, atol=1e-6)
+    kept = sample(ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False), den, x_t, KEY)
+    np.testing.assert_allclose(kept, a_p * x0c + s_p * out.eps, rtol=1e-5, atol=1e-6)
+    small = x_t * 0.05
+    np.testing.assert_allclose(
+        sample(ddim(sched, grid, clip_x0=1.0), den, small, KEY),
+        sample(ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False), den, small, KEY),
+        rtol=1e-5,
+        atol=1e-6,
+    )
