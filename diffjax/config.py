@@ -167,16 +167,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node[leaf] = _parse_value(key, raw, node[leaf])
 
 
-def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+def flat_keys(config: ml_collections.ConfigDict) -> list[str]:
     """Lists every leaf key of a ConfigDict as a dotted path."""
-    keys = []
-    for name, value in config.items():
-        path = f"{prefix}{name}"
-        if isinstance(value, ml_collections.ConfigDict):
-            keys.extend(flat_keys(value, path + "."))
-        else:
-            keys.append(path)
-    return keys
+    return [key for key, _ in _flat_items(config)]
 
 
 def _parse_value(key: str, raw: str, default: Any) -> Any:
@@ -258,6 +251,7 @@ def checkpoint_mismatches(
 
 
 def _flat_items(config: ml_collections.ConfigDict, prefix: str = ""):
+    """Yields (dotted key, value) for every leaf; lists become tuples."""
     for name, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
             yield from _flat_items(value, prefix + name + ".")

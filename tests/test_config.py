@@ -59,7 +59,7 @@ def test_json_round_trip_and_mismatch_report():
     assert restored.to_dict() == config.to_dict()
     assert config_lib.checkpoint_mismatches(restored, config) == []
     other = config_lib.digits_config()
-    other.model.base_channels = 32
+    other.model.base_channels = config.model.base_channels + 16
     other.training.num_steps = 10  # training length may change between runs
     diffs = config_lib.checkpoint_mismatches(config, other)
     assert len(diffs) == 1 and diffs[0].startswith("model.base_channels")

@@ -156,7 +156,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
         )
     except (ValueError, KeyError) as e:
         raise ValueError(
-            f"checkpoint at step {step} in {manager.directory} does not match this model: {e}"
+            f"checkpoint at step {step} in {manager.directory} does not match this model "
+            f"and optimizer configuration: {e}"
         ) from e
     return restored["state"]
 
