@@ -1,4 +1,7 @@
-"""Sample-quality metrics. For now: a small CNN classifier for class-fidelity checks."""
+"""Sample-quality metrics: FID, KID, precision/recall, density/coverage, memorization.
+
+Also the FID InceptionV3 (Flax) and a small CNN classifier for class-fidelity checks.
+"""
 
 from diffjax.metrics.classifier import (
     ClassifierParams,
@@ -12,16 +15,94 @@ from diffjax.metrics.classifier import (
     save_classifier,
     train_classifier,
 )
+from diffjax.metrics.fid import (
+    FeatureStatistics,
+    compute_statistics,
+    fid_from_features,
+    fid_to_reference,
+    frechet_distance,
+    init_statistics,
+    load_statistics,
+    save_statistics,
+)
+from diffjax.metrics.inception import (
+    WEIGHTS_ENV_VAR,
+    FIDInceptionV3,
+    convert_pytorch_fid_checkpoint,
+    inception_apply,
+    inception_features,
+    load_inception_weights,
+    preprocess_images,
+    random_pytorch_fid_state_dict,
+    save_inception_weights,
+    variables_from_pytorch_fid_state_dict,
+)
+from diffjax.metrics.kid import KIDResult, kernel_inception_distance, polynomial_mmd2_unbiased
+from diffjax.metrics.memorization import (
+    GU_THRESHOLD,
+    MemorizationReport,
+    NearestNeighbors,
+    NNDistanceDistribution,
+    carlini_ratio,
+    gu_ratio,
+    memorization_report,
+    nearest_neighbors,
+    nn_distance_distribution,
+    save_nearest_neighbor_gallery,
+)
+from diffjax.metrics.prdc import (
+    DensityCoverage,
+    PrecisionRecall,
+    density_coverage,
+    knn_radii,
+    precision_recall,
+)
 
 __all__ = [
+    "GU_THRESHOLD",
+    "WEIGHTS_ENV_VAR",
     "ClassifierParams",
+    "DensityCoverage",
+    "FIDInceptionV3",
+    "FeatureStatistics",
+    "KIDResult",
+    "MemorizationReport",
+    "NNDistanceDistribution",
+    "NearestNeighbors",
+    "PrecisionRecall",
     "SmallCNN",
     "accuracy",
+    "carlini_ratio",
     "class_agreement",
     "classify",
+    "compute_statistics",
+    "convert_pytorch_fid_checkpoint",
+    "density_coverage",
+    "fid_from_features",
+    "fid_to_reference",
+    "frechet_distance",
+    "gu_ratio",
+    "inception_apply",
+    "inception_features",
     "init_classifier",
+    "init_statistics",
+    "kernel_inception_distance",
+    "knn_radii",
     "load_classifier",
+    "load_inception_weights",
+    "load_statistics",
+    "memorization_report",
+    "nearest_neighbors",
+    "nn_distance_distribution",
+    "polynomial_mmd2_unbiased",
+    "precision_recall",
     "predict",
+    "preprocess_images",
+    "random_pytorch_fid_state_dict",
     "save_classifier",
+    "save_inception_weights",
+    "save_nearest_neighbor_gallery",
+    "save_statistics",
     "train_classifier",
+    "variables_from_pytorch_fid_state_dict",
 ]
