@@ -2,16 +2,40 @@
 
 from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
 from diffjax.samplers.ddim import DDIMState, ddim
+from diffjax.samplers.dpm_solver import (
+    DPM_SOLVER_ALGORITHMS,
+    DPM_SOLVER_TYPES,
+    DynamicThresholding,
+    SinglestepState,
+    dpm_solver_fast,
+    dpm_solver_fast_orders,
+    dpm_solver_fast_timesteps,
+    dpm_solver_singlestep,
+    dynamic_threshold,
+)
 from diffjax.samplers.driver import Sampler, check_timesteps, sample, transition_beta
+from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
 
 __all__ = [
     "DDPM_VARIANCES",
+    "DPM_SOLVER_ALGORITHMS",
+    "DPM_SOLVER_TYPES",
     "DDIMState",
     "DDPMState",
+    "DynamicThresholding",
+    "MultistepState",
     "Sampler",
+    "SinglestepState",
     "check_timesteps",
     "ddim",
     "ddpm",
+    "dpm_solver_fast",
+    "dpm_solver_fast_orders",
+    "dpm_solver_fast_timesteps",
+    "dpm_solver_multistep",
+    "dpm_solver_singlestep",
+    "dynamic_threshold",
+    "multistep_orders",
     "sample",
     "transition_beta",
 ]
