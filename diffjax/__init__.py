@@ -22,7 +22,16 @@ from diffjax.parameterization import (
     x0_eps_to_v,
     x0_to_eps,
 )
-from diffjax.samplers import Sampler, ddim, ddpm, sample
+from diffjax.samplers import (
+    DynamicThresholding,
+    Sampler,
+    ddim,
+    ddpm,
+    dpm_solver_fast,
+    dpm_solver_multistep,
+    dpm_solver_singlestep,
+    sample,
+)
 from diffjax.schedules import (
     CosineVPSchedule,
     DiscreteSchedule,
@@ -46,6 +55,7 @@ __all__ = [
     "CosineVPSchedule",
     "Denoised",
     "DiscreteSchedule",
+    "DynamicThresholding",
     "LinearVPSchedule",
     "Sampler",
     "TrainState",
@@ -61,6 +71,9 @@ __all__ = [
     "ddpm",
     "diffusion_loss",
     "digits_config",
+    "dpm_solver_fast",
+    "dpm_solver_multistep",
+    "dpm_solver_singlestep",
     "drop_labels",
     "eps_to_x0",
     "generate",

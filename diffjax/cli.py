@@ -21,6 +21,7 @@ import numpy as np
 
 from diffjax import builders, images
 from diffjax.config import apply_overrides, load_config
+from diffjax.generate import SAMPLER_NAMES
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
-    sample.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "ddpm_beta"))
+    sample.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
     sample.add_argument("--steps", type=int, default=50)
     sample.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale w (omit for none)")

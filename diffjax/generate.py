@@ -13,14 +13,35 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffjax.guidance import classifier_free_guidance
-from diffjax.schedules import DiscreteSchedule, trailing_timesteps
 
 from diffjax import builders
+from diffjax.guidance import classifier_free_guidance
 from diffjax.nn import UNet
-from diffjax.samplers import ddim, ddpm, sample
+from diffjax.samplers import (
+    DynamicThresholding,
+    ddim,
+    ddpm,
+    dpm_solver_fast,
+    dpm_solver_multistep,
+    dpm_solver_singlestep,
+    sample,
+)
+from diffjax.schedules import DiscreteSchedule, linspace_timesteps, trailing_timesteps
 
-SAMPLER_NAMES = ("ddim", "ddpm", "ddpm_beta")
+# Sampler names of the command line and configs: (family, options).
+_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("ddim", {}),
+    "ddpm": ("ddpm", {"variance": "beta_tilde"}),
+    "ddpm_beta": ("ddpm", {"variance": "beta"}),
+    "dpm++2m": ("multistep", {"order": 2, "algorithm": "dpmsolver++"}),
+    "dpm++3m": ("multistep", {"order": 3, "algorithm": "dpmsolver++"}),
+    "sde-dpm++2m": ("multistep", {"order": 2, "algorithm": "sde-dpmsolver++"}),
+    "dpm++2s": ("singlestep", {"order": 2, "algorithm": "dpmsolver++"}),
+    "dpm2": ("singlestep", {"order": 2, "algorithm": "dpmsolver"}),
+    "dpm3": ("singlestep", {"order": 3, "algorithm": "dpmsolver"}),
+    "dpm-fast": ("fast", {"order": 3, "algorithm": "dpmsolver"}),
+}
+SAMPLER_NAMES = tuple(_SAMPLERS)
 
 
 def sampling_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
@@ -36,14 +57,34 @@ def make_sampler(
     eta: float | jax.Array = 0.0,
     clip_x0: float | None = 1.0,
 ) -> Any:
-    """Builds a sampler by name: 'ddim' (with eta), 'ddpm' (beta-tilde) or 'ddpm_beta'."""
-    if name not in SAMPLER_NAMES:
+    """Builds a sampler by name (see ``SAMPLER_NAMES``).
+
+    Grids: DDIM and DDPM use the trailing grid down to the clean point (t = -1); the
+    DPM-Solver family uses the linspace grid (DPM-Solver++ down to t = -1 with a
+    first-order last step, noise-prediction DPM-Solver down to t = 0). ``num_steps`` is
+    the number of solver steps (a singlestep order-k step costs k network calls), except
+    for 'dpm-fast', where it is the budget of network calls. ``clip_x0`` clips x0 for
+    DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++.
+    """
+    if name not in _SAMPLERS:
         raise ValueError(f"sampler={name!r}; expected one of {SAMPLER_NAMES}")
-    timesteps = sampling_timesteps(schedule.num_timesteps, num_steps)
-    if name == "ddim":
-        return ddim(schedule, timesteps, eta=eta, clip_x0=clip_x0)
-    variance = "beta_tilde" if name == "ddpm" else "beta"
-    return ddpm(schedule, timesteps, variance=variance, clip_x0=clip_x0)
+    family, options = _SAMPLERS[name]
+    T = schedule.num_timesteps
+    if family == "ddim":
+        return ddim(schedule, sampling_timesteps(T, num_steps), eta=eta, clip_x0=clip_x0)
+    if family == "ddpm":
+        return ddpm(schedule, sampling_timesteps(T, num_steps), clip_x0=clip_x0, **options)
+    if family == "fast":
+        return dpm_solver_fast(schedule, num_steps, **options)
+    data_prediction = options["algorithm"] != "dpmsolver"
+    timesteps = np.append(linspace_timesteps(T, num_steps), -1 if data_prediction else 0)
+    thresholding = (
+        DynamicThresholding(ratio=0.995, max_value=clip_x0)
+        if data_prediction and clip_x0 is not None
+        else None
+    )
+    build = dpm_solver_multistep if family == "multistep" else dpm_solver_singlestep
+    return build(schedule, timesteps, thresholding=thresholding, **options)
 
 
 def check_guidance_supported(model: UNet, p_uncond: float) -> None:
@@ -78,21 +119,40 @@ def check_labels(labels: Any, num_classes: int | None) -> np.ndarray | None:
     return labels.astype(np.int32)
 
 
+class _StaticSchedule:
+    """A schedule as a static jit argument, hashed and compared by its values.
+
+    Samplers build their time grids from concrete schedule values (DPM-Solver-fast's
+    log-SNR grid needs them on the host), so the schedule enters ``_generate`` as a
+    compile-time constant; equal schedules share one compiled function.
+    """
+
+    def __init__(self, schedule: DiscreteSchedule):
+        self.schedule = schedule
+        self._key = np.asarray(schedule.alphas_cumprod).tobytes()
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _StaticSchedule) and other._key == self._key
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "model", "prediction_type", "sampler_name", "num_steps", "guided", "clip_x0",
-        "image_shape", "batch_size",
+        "static_schedule", "model", "prediction_type", "sampler_name", "num_steps", "guided",
+        "clip_x0", "image_shape", "batch_size",
     ),
 )
 def _generate(
     params: Any,
-    schedule: DiscreteSchedule,
     labels: jax.Array | None,
     key: jax.Array,
     guidance_scale: jax.Array,
     eta: jax.Array,
     *,
+    static_schedule: _StaticSchedule,
     model: UNet,
     prediction_type: str,
     sampler_name: str,
@@ -102,6 +162,7 @@ def _generate(
     image_shape: tuple[int, ...],
     batch_size: int,
 ) -> jax.Array:
+    schedule = static_schedule.schedule
     denoise = builders.build_denoiser(model, params, schedule, prediction_type)
     if guided:
         denoise = classifier_free_guidance(
@@ -166,11 +227,11 @@ def generate(
         batch_size = int(num_samples)
     return _generate(
         params,
-        schedule,
         None if labels is None else jnp.asarray(labels),
         key,
         jnp.float32(0.0 if guidance_scale is None else guidance_scale),
         jnp.float32(eta),
+        static_schedule=_StaticSchedule(schedule),
         model=model,
         prediction_type=prediction_type,
         sampler_name=sampler,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffjax.cli import main
+from diffjax.generate import SAMPLER_NAMES
 
 CONFIG = "experiments/configs/digits.py:tiny"
 QUIET = ["--config.training.progress_bar=False"]
@@ -95,3 +96,13 @@ def test_generate_does_not_recompile_for_scale_eta_labels_or_seed(workdir):
     assert not np.allclose(outputs[0], outputs[1])
     again = generate(model, params, schedule, **common, **calls[0])
     np.testing.assert_array_equal(np.asarray(again), np.asarray(outputs[0]))
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_runs_from_the_command_line(sampler, workdir, tmp_path):
+    out = str(tmp_path / "s.png")
+    steps = "4" if sampler == "dpm-fast" else "3"
+    assert main(["sample", "--workdir", workdir, "--sampler", sampler, "--steps", steps,
+                 "--guidance", "1", "--labels", "2", "--num-per-label", "2", "--out", out]) == 0
+    images = np.load(str(tmp_path / "s.npz"))["images"]
+    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images))
