@@ -1,0 +1,146 @@
+"""Tests for the guidance-rescale and guidance-interval options of classifier_free_guidance."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffjax import schedules as S
+from diffjax.guidance import classifier_free_guidance
+from diffjax.parameterization import eps_to_x0, make_denoiser
+
+SCHED = S.make_schedule("linear", 1000)
+NULL = 10
+B = 3
+
+
+def _model_fn(x, t, labels):
+    """A toy class-conditional model whose output std depends on the label."""
+    scale = (1.0 + labels.astype(jnp.float32) / 4.0).reshape(-1, 1, 1, 1)
+    return jnp.tanh(x * scale + (t / 1000.0).reshape(-1, 1, 1, 1)) * scale
+
+
+def _inputs(seed=0):
+    x = jax.random.normal(jax.random.key(seed), (B, 4, 4, 2))
+    labels = jnp.array([1, 5, 7])
+    return x, labels
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_rescale_zero_is_plain_guidance(prediction_type):
+    den = make_denoiser(_model_fn, SCHED, prediction_type)
+    x, labels = _inputs()
+    t = jnp.array([20.0, 400.0, 950.0])
+
+    @jax.jit
+    def run(w, phi):
+        plain = classifier_free_guidance(den, w, NULL)(x, t, labels)
+        traced = classifier_free_guidance(den, w, NULL, rescale=phi, schedule=SCHED)(x, t, labels)
+        static = classifier_free_guidance(den, w, NULL, rescale=0.0)(x, t, labels)
+        return plain, traced, static
+
+    plain, traced, static = run(2.0, 0.0)
+    chex.assert_trees_all_equal(plain, static)
+    chex.assert_trees_all_close(plain, traced, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "v"])
+def test_full_rescale_matches_conditional_std(prediction_type):
+    den = make_denoiser(_model_fn, SCHED, prediction_type)
+    x, labels = _inputs(1)
+    t = jnp.array([100.0, 300.0, 700.0])
+    w = 4.0
+    guided = jax.jit(
+        lambda: classifier_free_guidance(den, w, NULL, rescale=1.0, schedule=SCHED)(x, t, labels)
+    )()
+    cond = den(x, t, labels)
+    plain = classifier_free_guidance(den, w, NULL)(x, t, labels)
+    axes = (1, 2, 3)
+    np.testing.assert_allclose(guided.eps.std(axis=axes), cond.eps.std(axis=axes), rtol=1e-5)
+    # the plain guided prediction had a different std, so the test is not vacuous
+    assert np.all(np.abs(plain.eps.std(axis=axes) / cond.eps.std(axis=axes) - 1) > 0.05)
+    # x0 is consistent with the rescaled eps
+    a, s = SCHED.alpha(t), SCHED.sigma(t)
+    np.testing.assert_allclose(guided.x0, eps_to_x0(x, guided.eps, a, s), rtol=1e-4, atol=1e-4)
+
+
+def test_partial_rescale_blends_linearly():
+    den = make_denoiser(_model_fn, SCHED, "eps")
+    x, labels = _inputs(2)
+    f = jax.jit(
+        lambda phi: classifier_free_guidance(den, 3.0, NULL, rescale=phi, schedule=SCHED)(
+            x, 250.0, labels
+        )
+    )
+    g0, g1, gh = f(0.0), f(1.0), f(0.3)
+    chex.assert_trees_all_close(
+        gh, jax.tree.map(lambda a, b: 0.7 * a + 0.3 * b, g0, g1), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_interval_outside_is_conditional_inside_is_guided():
+    den = make_denoiser(_model_fn, SCHED, "v")
+    x, labels = _inputs(3)
+    t = jnp.array([50.0, 500.0, 900.0])  # only the middle example is inside
+
+    @jax.jit
+    def run(lo, hi, phi):
+        return classifier_free_guidance(
+            den, 2.5, NULL, rescale=phi, interval=(lo, hi), schedule=SCHED
+        )(x, t, labels)
+
+    out = run(100.0, 800.0, 0.0)
+    cond = den(x, t, labels)
+    plain = classifier_free_guidance(den, 2.5, NULL)(x, t, labels)
+    for field in ("eps", "x0"):
+        got, c, p = (np.asarray(getattr(o, field)) for o in (out, cond, plain))
+        np.testing.assert_allclose(got[[0, 2]], c[[0, 2]], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[1], p[1], rtol=1e-6, atol=1e-6)
+    # with rescale on, examples outside the interval are still exactly conditional
+    out = run(100.0, 800.0, 0.7)
+    np.testing.assert_allclose(
+        np.asarray(out.eps)[[0, 2]], np.asarray(cond.eps)[[0, 2]], rtol=1e-6, atol=1e-6
+    )
+    # closed interval: bounds are inclusive; scalar t works too
+    edge = classifier_free_guidance(den, 2.5, NULL, interval=(500.0, 500.0))(x, 500.0, labels)
+    chex.assert_trees_all_close(edge, classifier_free_guidance(den, 2.5, NULL)(x, 500.0, labels))
+
+
+def test_no_recompiles_when_options_change():
+    den = make_denoiser(_model_fn, SCHED, "eps")
+    x, labels = _inputs(4)
+
+    @jax.jit
+    def run(w, phi, lo, hi):
+        return classifier_free_guidance(
+            den, w, NULL, rescale=phi, interval=(lo, hi), schedule=SCHED
+        )(x, 300.0, labels)
+
+    for w, phi, lo, hi in [(1.0, 0.0, 0.0, 999.0), (3.0, 0.7, 100.0, 200.0), (0.5, 1.0, 0, 50)]:
+        run(jnp.float32(w), jnp.float32(phi), jnp.float32(lo), jnp.float32(hi))
+    assert run._cache_size() == 1
+
+
+def test_option_validation():
+    den = make_denoiser(_model_fn, SCHED, "eps")
+    with pytest.raises(ValueError, match="schedule"):
+        classifier_free_guidance(den, 1.0, NULL, rescale=0.7)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        classifier_free_guidance(den, 1.0, NULL, rescale=1.5, schedule=SCHED)
+    with pytest.raises(ValueError, match="t_lo <= t_hi"):
+        classifier_free_guidance(den, 1.0, NULL, interval=(500, 100))
+    with pytest.raises(ValueError, match="pair"):
+        classifier_free_guidance(den, 1.0, NULL, interval=5.0)
+
+    def traced_without_schedule(phi):
+        return classifier_free_guidance(den, 1.0, NULL, rescale=phi)
+
+    with pytest.raises(ValueError, match="schedule"):
+        jax.jit(
+            lambda phi: (
+                traced_without_schedule(phi)(
+                    jnp.ones((B, 2, 2, 1)), 5.0, jnp.zeros((B,), jnp.int32)
+                ).eps
+            )
+        )(0.5)
