@@ -47,8 +47,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     config = load_config(args.config)
     apply_overrides(config, overrides)
-    train(config, args.workdir)
-    print(f"trained to step {config.training.num_steps}; checkpoints in {args.workdir}")
+    state = train(config, args.workdir)
+    step = int(state.step)
+    if step == config.training.num_steps:
+        print(f"trained to step {step}; checkpoints in {args.workdir}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.max_checkpoints_to_keep = 3
     config.training.async_checkpointing = True
     config.training.progress_bar = True
+    # Microbatches per step (gradient accumulation); batch_size must split into
+    # devices * grad_accum_steps equal parts. The update equals that of the whole batch.
+    config.training.grad_accum_steps = 1
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.sampler = "ddim"  # 'ddim' | 'ddpm'

@@ -99,15 +99,31 @@ def prepare_workdir(
 
 
 def checkpoint_manager(
-    workdir: str, *, max_to_keep: int = 3, async_checkpointing: bool = True
+    workdir: str,
+    *,
+    max_to_keep: int = 3,
+    async_checkpointing: bool = True,
+    cleanup_tmp_directories: bool = False,
 ) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager for ``workdir/checkpoints`` with bounded retention."""
+    """An orbax CheckpointManager for ``workdir/checkpoints`` with bounded retention.
+
+    Args:
+      workdir: the run's workdir.
+      max_to_keep: how many finalized checkpoints to keep.
+      async_checkpointing: whether ``save`` returns before the files are written.
+      cleanup_tmp_directories: delete unfinished checkpoint directories (left by a
+        process killed mid-save) when the manager opens. Only the training run
+        itself may ask for this: a reader opening the workdir while a run saves
+        would delete the save in progress. Unfinished directories are never listed
+        as steps either way.
+    """
     if max_to_keep < 1:
         raise ValueError(f"training.max_checkpoints_to_keep={max_to_keep} must be >= 1")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
         enable_async_checkpointing=async_checkpointing,
+        cleanup_tmp_directories=cleanup_tmp_directories,
     )
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),

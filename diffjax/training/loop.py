@@ -4,12 +4,19 @@ The loop is a thin host-side driver around one jitted, state-donating train step
 all numerics live in :mod:`diffjax.training.step`. Batches are chosen by
 ``batch_indices(step)``, keys by ``fold_in(seed, step)``, so a resumed run repeats
 exactly the batches and noise of an uninterrupted one.
+
+Preemption: a SIGTERM while ``train`` runs makes it finish the current step, save a
+checkpoint there (synchronously), restore the previous SIGTERM handler and return the
+state; running the same command again resumes. A run killed outright (SIGKILL, power
+loss) resumes from its last finalized checkpoint: orbax writes each checkpoint under a
+temporary name and renames it when complete, and leftovers are ignored and removed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -23,6 +30,7 @@ from diffjax.data import ImageDataset, batch_indices, load_dataset, validate_dat
 from diffjax.training import checkpoint as ckpt
 from diffjax.training import sharding
 from diffjax.training.optimizer import make_optimizer
+from diffjax.training.preemption import PreemptionWatcher
 from diffjax.training.state import TrainState, create_train_state
 from diffjax.training.step import make_train_step
 
@@ -71,7 +79,8 @@ def train(
       dataset: training data; by default the one ``config.data`` names.
 
     Returns:
-      The final TrainState (replicated over the devices).
+      The final TrainState (replicated over the devices). After a SIGTERM its
+      ``step`` is where the run stopped (and saved), below ``training.num_steps``.
 
     Raises:
       ValueError: bad config values, a batch that does not split over the devices,
@@ -86,7 +95,7 @@ def train(
             f"training images of {dataset.name!r}"
         )
     mesh = sharding.make_mesh()
-    sharding.check_batch_size(training.batch_size, mesh)
+    sharding.check_batch_size(training.batch_size, mesh, training.grad_accum_steps)
     ckpt.prepare_workdir(workdir, config, run_info(dataset))
 
     model = builders.build_unet(config.model, dataset.num_classes)
@@ -105,6 +114,7 @@ def train(
         workdir,
         max_to_keep=training.max_checkpoints_to_keep,
         async_checkpointing=training.async_checkpointing,
+        cleanup_tmp_directories=True,
     )
     if manager.latest_step() is not None:
         abstract = ckpt.abstract_with_sharding(jax.eval_shape(init_state, init_key), replicated)
@@ -112,7 +122,15 @@ def train(
     else:
         state = jax.jit(init_state, out_shardings=replicated)(init_key)
 
-    step_fn = make_train_step(model, schedule, optimizer, config.diffusion, training.ema_decay)
+    step_fn = make_train_step(
+        model,
+        schedule,
+        optimizer,
+        config.diffusion,
+        training.ema_decay,
+        grad_accum_steps=training.grad_accum_steps,
+        mesh=mesh,
+    )
     train_step = jax.jit(
         step_fn,
         in_shardings=(replicated, sharding.batch_sharded(mesh), replicated),
@@ -121,6 +139,9 @@ def train(
     )
     start = int(state.step)
     is_main = jax.process_index() == 0
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    if is_main:
+        _drop_records_after(metrics_path, start)
     progress = tqdm(
         total=training.num_steps,
         initial=start,
@@ -129,40 +150,62 @@ def train(
         unit="step",
     )
     window_start, window_steps = time.perf_counter(), 0
+    preempted_at = None
     try:
-        for step in range(start, training.num_steps):
-            batch = sharding.global_batch(
-                local_batch(dataset, step, training.batch_size, training.seed, conditional), mesh
-            )
-            state, metrics = train_step(state, batch, train_key)
-            window_steps += 1
-            progress.update(1)
-            done = step + 1
-            if done % training.log_every == 0 or done == training.num_steps:
-                host = jax.device_get(metrics)
-                if not bool(host["finite"]):
-                    raise FloatingPointError(
-                        f"loss is {float(host['loss'])} at step {done}; the last good checkpoint "
-                        f"in {workdir} (step {manager.latest_step()}) is kept"
+        with PreemptionWatcher(manager) as preemption:
+            for step in range(start, training.num_steps):
+                batch = sharding.global_batch(
+                    local_batch(dataset, step, training.batch_size, training.seed, conditional),
+                    mesh,
+                )
+                state, metrics = train_step(state, batch, train_key)
+                window_steps += 1
+                progress.update(1)
+                done = step + 1
+                stop = preemption.reached(done)
+                log = done % training.log_every == 0 or done == training.num_steps
+                save = stop or done % training.checkpoint_every == 0 or done == training.num_steps
+                if log or save:
+                    host = jax.device_get(metrics)
+                    if not bool(host["finite"]):
+                        raise FloatingPointError(
+                            f"loss is {float(host['loss'])} at step {done}; the last good "
+                            f"checkpoint in {workdir} (step {manager.latest_step()}) is kept"
+                        )
+                if log:
+                    elapsed = time.perf_counter() - window_start
+                    images_per_s = window_steps * training.batch_size / max(elapsed, 1e-9)
+                    record = {
+                        "step": done,
+                        "loss": float(host["loss"]),
+                        "grad_norm": float(host["grad_norm"]),
+                        "images_per_s": images_per_s,
+                    }
+                    progress.set_postfix(
+                        loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}"
                     )
-                elapsed = time.perf_counter() - window_start
-                images_per_s = window_steps * training.batch_size / max(elapsed, 1e-9)
-                record = {
-                    "step": done,
-                    "loss": float(host["loss"]),
-                    "grad_norm": float(host["grad_norm"]),
-                    "images_per_s": images_per_s,
-                }
-                progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
-                if is_main:
-                    _append_jsonl(os.path.join(workdir, METRICS_FILE), record)
-                window_start, window_steps = time.perf_counter(), 0
-            if done % training.checkpoint_every == 0 or done == training.num_steps:
-                ckpt.save(manager, done, state, config)
+                    if is_main:
+                        _append_jsonl(metrics_path, record)
+                    window_start, window_steps = time.perf_counter(), 0
+                if save:
+                    ckpt.save(manager, done, state, config)
+                if stop:
+                    manager.wait_until_finished()
+                    if done < training.num_steps:
+                        preempted_at = done
+                    break
         manager.wait_until_finished()
     finally:
         progress.close()
         manager.close()
+    if preempted_at is not None and is_main:
+        print(
+            f"diffjax train: preempted (SIGTERM) at step {preempted_at} of "
+            f"{training.num_steps}; checkpoint saved in {workdir}; run the same command "
+            "again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
     return state
 
 
@@ -195,6 +238,28 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
     finally:
         manager.close()
     return config, model, state.ema_params, info
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Removes metrics records past ``step`` (logged by a run killed before it saved).
+
+    A resumed run repeats those steps and logs them again; without this the file would
+    hold two records for each. A line cut short by the kill is dropped too.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+
+    def keep(line: str) -> bool:
+        try:
+            return line.endswith("\n") and json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        ckpt.write_text_atomic(path, "".join(kept))
 
 
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:

@@ -1,7 +1,15 @@
-"""One training step: a pure, jittable ``train_step(state, batch, key)``."""
+"""One training step: a pure, jittable ``train_step(state, batch, key)``.
+
+Randomness is drawn per example: example ``i`` of the global batch at step ``n`` uses the
+key ``fold_in(fold_in(key, n), i)`` for its timestep, noise, label dropout and network
+dropout. The loss of a batch is then the mean of per-example losses that do not depend
+on how the batch is split, so the same global batch gives the same update (to float
+rounding) on one device or many, and with or without gradient accumulation.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,13 +17,50 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import Mesh, PartitionSpec
 
 from diffjax.losses import check_loss_options, diffusion_loss
 from diffjax.nn import UNet
+from diffjax.training.sharding import DATA_AXIS
 from diffjax.training.state import TrainState, ema_decay_at, update_ema
+
+# Backends on which the microbatch loop of gradient accumulation is unrolled rather than
+# run as a loop. XLA:CPU runs convolution gradients inside a while loop about 10x slower
+# (DESIGN.md's pitfall for scans of whole steps applies to the microbatch loop too:
+# experiments/bench_allreduce.py, results in experiments/results/allreduce.txt). On GPU
+# and TPU the loop stays a loop, which bounds activation memory to one microbatch; an
+# unrolled one leaves the order of the microbatches to the scheduler.
+UNROLLED_ACCUMULATION_BACKENDS: frozenset[str] = frozenset({"cpu"})
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+def example_keys(step_key: jax.Array, batch_size: int) -> jax.Array:
+    """Per-example keys ``fold_in(step_key, i)`` for ``i`` in ``range(batch_size)``."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        step_key, jnp.arange(batch_size, dtype=jnp.uint32)
+    )
+
+
+def split_microbatches(tree: Any, num_microbatches: int) -> Any:
+    """Splits every leaf's leading axis into ``num_microbatches`` interleaved microbatches.
+
+    Example ``i`` goes to microbatch ``i % num_microbatches``, at position
+    ``i // num_microbatches``. With the batch axis sharded in contiguous blocks over
+    ``d`` devices (and ``batch_size`` divisible by ``d * num_microbatches``), every
+    microbatch then keeps an equal share on every device: the split moves no data.
+
+    Returns:
+      The tree with leaves of shape ``(num_microbatches, batch // num_microbatches, ...)``.
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        per = x.shape[0] // num_microbatches
+        x = x.reshape((per, num_microbatches, *x.shape[1:]))
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, tree)
 
 
 def make_train_step(
@@ -24,11 +69,15 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     diffusion: ml_collections.ConfigDict,
     ema_decay: float,
+    *,
+    grad_accum_steps: int = 1,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """Builds the step function for one model, schedule and objective.
 
     The returned function is pure: the randomness of step ``n`` is
-    ``fold_in(key, n)``, so a resumed run repeats exactly what an uninterrupted one does.
+    ``fold_in(key, n)`` (then one key per example, see the module docstring), so a
+    resumed run repeats exactly what an uninterrupted one does.
 
     Args:
       model: the UNet (class-conditional if ``model.num_classes`` is set).
@@ -37,40 +86,117 @@ def make_train_step(
       diffusion: ``config.diffusion`` (prediction_type, loss_weighting, min_snr_gamma,
         p_uncond).
       ema_decay: the maximum EMA decay.
+      grad_accum_steps: number of microbatches the batch is split into; forward and
+        backward run once per microbatch inside the step (a ``lax.scan``, unrolled on
+        the backends in ``UNROLLED_ACCUMULATION_BACKENDS``), the gradients are
+        averaged and the optimizer is applied once. The update equals that of the
+        whole batch at once, with ``1/grad_accum_steps`` of the activation memory.
+      mesh: the device Mesh (with a ``data`` axis) the batch is sharded over. Only
+        used when ``grad_accum_steps > 1``: the microbatch loop then runs per device
+        under ``shard_map`` on its slice of the batch and the gradients are
+        all-reduced once after it. Without a mesh the loop is left to the compiler,
+        which keeps the result the same but, on several devices, all-reduces the
+        gradients once per microbatch.
 
     Returns:
       ``train_step(state, batch, key) -> (state, metrics)`` with batch keys ``image``
-      and, for a conditional model, ``label``.
+      and, for a conditional model, ``label``; the batch size must be divisible by
+      ``grad_accum_steps`` (times the data-axis size of ``mesh``, when one is given).
     """
+    if grad_accum_steps < 1:
+        raise ValueError(f"{grad_accum_steps=} must be >= 1")
     conditional = model.num_classes is not None
     p_uncond = float(diffusion.p_uncond) if conditional else 0.0
     check_loss_options(
         diffusion.prediction_type, diffusion.loss_weighting, diffusion.min_snr_gamma, p_uncond
     )
 
-    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-        step_key = jax.random.fold_in(key, state.step)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-            def model_fn(x, t, labels, dropout_key):
-                return model.apply(
-                    {"params": params}, x, t, labels, train=True, rngs={"dropout": dropout_key}
-                )
-
-            return diffusion_loss(
-                model_fn,
-                schedule,
-                batch["image"],
-                batch.get("label") if conditional else None,
-                step_key,
-                prediction_type=diffusion.prediction_type,
-                weighting=diffusion.loss_weighting,
-                min_snr_gamma=diffusion.min_snr_gamma,
-                p_uncond=p_uncond,
-                null_label=model.num_classes,
+    def example_loss(params: Any, image: jax.Array, label: Any, key: jax.Array) -> jax.Array:
+        def model_fn(x, t, labels, dropout_key):
+            return model.apply(
+                {"params": params}, x, t, labels, train=True, rngs={"dropout": dropout_key}
             )
 
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        loss, _ = diffusion_loss(
+            model_fn,
+            schedule,
+            image[None],
+            None if label is None else label[None],
+            key,
+            prediction_type=diffusion.prediction_type,
+            weighting=diffusion.loss_weighting,
+            min_snr_gamma=diffusion.min_snr_gamma,
+            p_uncond=p_uncond,
+            null_label=model.num_classes,
+        )
+        return loss
+
+    def batch_loss(params: Any, examples: tuple[jax.Array, Any, jax.Array]) -> jax.Array:
+        images, labels, keys = examples
+        label_axis = None if labels is None else 0
+        losses = jax.vmap(example_loss, in_axes=(None, 0, label_axis, 0))(
+            params, images, labels, keys
+        )
+        return jnp.mean(losses)
+
+    grad_fn = jax.value_and_grad(batch_loss)
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+
+    def accumulated_grad(params: Any, examples: Any, axis: str | None) -> tuple[Any, Any]:
+        """Mean loss and gradient over ``grad_accum_steps`` microbatches of ``examples``.
+
+        With ``axis`` (inside shard_map) the parameters are marked device-varying, so
+        each microbatch's gradient stays local, and the mean is all-reduced once.
+        """
+        loss_zero = jnp.zeros((), jnp.float32)
+        if axis is not None:
+            params, loss_zero = jax.lax.pcast((params, loss_zero), axis, to="varying")
+
+        def accumulate(carry, microbatch):
+            loss_sum, grad_sum = carry
+            loss, grads = grad_fn(params, microbatch)
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = (loss_zero, jax.tree.map(jnp.zeros_like, params))
+        (loss_sum, grad_sum), _ = jax.lax.scan(
+            accumulate,
+            zeros,
+            split_microbatches(examples, grad_accum_steps),
+            unroll=grad_accum_steps if platform in UNROLLED_ACCUMULATION_BACKENDS else 1,
+        )
+        mean = jax.tree.map(lambda x: x / grad_accum_steps, (loss_sum, grad_sum))
+        return mean if axis is None else jax.lax.pmean(mean, axis)
+
+    num_shards = 1
+    if mesh is not None and grad_accum_steps > 1:
+        num_shards = mesh.shape[DATA_AXIS]
+        accumulated_grad_fn = jax.shard_map(
+            functools.partial(accumulated_grad, axis=DATA_AXIS),
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+            out_specs=PartitionSpec(),
+        )
+    else:
+        accumulated_grad_fn = functools.partial(accumulated_grad, axis=None)
+
+    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+        images = batch["image"]
+        batch_size = images.shape[0]
+        if batch_size % (num_shards * grad_accum_steps):
+            raise ValueError(
+                f"batch size {batch_size} does not split into {grad_accum_steps=} "
+                f"microbatches on each of {num_shards} device(s)"
+            )
+        step_key = jax.random.fold_in(key, state.step)
+        examples = (
+            images,
+            batch.get("label") if conditional else None,
+            example_keys(step_key, batch_size),
+        )
+        if grad_accum_steps == 1:
+            loss, grads = grad_fn(state.params, examples)
+        else:
+            loss, grads = accumulated_grad_fn(state.params, examples)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = update_ema(state.ema_params, params, ema_decay_at(state.step, ema_decay))
