@@ -49,6 +49,33 @@ def sampling_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
     return np.append(trailing_timesteps(num_timesteps, num_steps), -1)
 
 
+def solver_timesteps(num_timesteps: int, num_steps: int, clean_target: bool) -> np.ndarray:
+    """The DPM-Solver family's grid: ``num_steps`` linspace evaluation times plus the target.
+
+    The target is the clean point ``t = -1`` (``clean_target``, data-prediction solvers,
+    diffusers' ``final_sigmas_type='zero'``) or ``t = 0`` (sigma_min, noise-prediction
+    solvers). Linspace spacing fits at most ``T - 1`` distinct evaluation times above 0;
+    with a clean target ``num_steps = T`` is also valid and evaluates every training
+    timestep ``T-1, ..., 0``.
+
+    Raises:
+      ValueError: naming ``num_steps`` when it is too many for the grid.
+    """
+    T = num_timesteps
+    limit = T if clean_target else T - 1
+    if isinstance(num_steps, int | np.integer) and num_steps > limit:
+        target = "the clean point t = -1" if clean_target else "t = 0 (sigma_min)"
+        raise ValueError(
+            f"num_steps={num_steps} is too many for a {T}-step schedule: this sampler's "
+            f"grid ends at {target}, so at most {limit} distinct steps fit"
+        )
+    if clean_target and num_steps == T:
+        evaluations = np.arange(T - 1, -1, -1, dtype=np.int64)
+    else:
+        evaluations = linspace_timesteps(T, num_steps)
+    return np.append(evaluations, -1 if clean_target else 0)
+
+
 def make_sampler(
     name: str,
     schedule: DiscreteSchedule,
@@ -67,7 +94,7 @@ def make_sampler(
     DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++.
     """
     if name not in _SAMPLERS:
-        raise ValueError(f"sampler={name!r}; expected one of {SAMPLER_NAMES}")
+        raise ValueError(f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}")
     family, options = _SAMPLERS[name]
     T = schedule.num_timesteps
     if family == "ddim":
@@ -77,7 +104,7 @@ def make_sampler(
     if family == "fast":
         return dpm_solver_fast(schedule, num_steps, **options)
     data_prediction = options["algorithm"] != "dpmsolver"
-    timesteps = np.append(linspace_timesteps(T, num_steps), -1 if data_prediction else 0)
+    timesteps = solver_timesteps(T, num_steps, clean_target=data_prediction)
     thresholding = (
         DynamicThresholding(ratio=0.995, max_value=clip_x0)
         if data_prediction and clip_x0 is not None

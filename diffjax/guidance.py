@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.parameterization import Denoised, DenoiseFn, expand_to
-from diffjax.samplers.driver import concrete_value
+from diffjax.samplers.driver import check_denoised, concrete_value
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -154,8 +154,11 @@ def classifier_free_guidance(
         both_cond = jax.tree_util.tree_map(
             lambda c, n: jnp.concatenate([jnp.asarray(c), n], axis=0), cond, null
         )
-        out = denoise_fn(
-            jnp.concatenate([x, x], axis=0), jnp.concatenate([t_vec, t_vec], axis=0), both_cond
+        out = check_denoised(
+            denoise_fn(
+                jnp.concatenate([x, x], axis=0), jnp.concatenate([t_vec, t_vec], axis=0), both_cond
+            ),
+            "the denoise_fn given to classifier_free_guidance",
         )
         w = jnp.asarray(guidance_scale, jnp.float32)
         phi = jnp.asarray(rescale, jnp.float32)

@@ -477,10 +477,25 @@ def linspace_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
 
     ``linspace_timesteps(1000, 10)`` is ``[999, 899, 799, 699, 599, 500, 400, 300, 200, 100]``.
 
+    The evaluation times are distinct integers in ``[1, T-1]``, so at most ``T - 1`` steps
+    fit (points spaced more than 1 apart never round onto the same integer). diffusers
+    silently drops the duplicates that ``num_steps = T`` produces, running fewer steps
+    than asked; this raises instead.
+
     Returns:
-      Decreasing int64 array of shape ``(num_steps,)``.
+      Strictly decreasing int64 array of shape ``(num_steps,)``.
+
+    Raises:
+      ValueError: if ``num_steps > T - 1``.
     """
     num_timesteps, num_steps = _check_steps(num_timesteps, num_steps)
+    if num_steps > num_timesteps - 1:
+        raise ValueError(
+            f"num_steps={num_steps} is too many for linspace spacing on a "
+            f"{num_timesteps}-step schedule: its num_steps + 1 points run from "
+            f"{num_timesteps - 1} down to the target 0, so at most {num_timesteps - 1} "
+            "distinct steps fit"
+        )
     grid = np.round(np.linspace(0.0, num_timesteps - 1, num_steps + 1)).astype(np.int64)
     return grid[::-1][:-1].copy()
 

@@ -182,14 +182,7 @@ def main() -> None:
     cases = [(n, s, False) for n in args.compile_samplers for s in (10, 1000)]
     cases += [(args.compile_samplers[0], s, True) for s in (10, 1000)] if cases else []
     for name, steps, traj in cases:
-        try:
-            fn = loop_fn(name, steps, trajectory=traj)
-        except ValueError as e:
-            # linspace_timesteps(1000, 1000) rounds two grid points onto the same integer
-            # timestep, which DPM-Solver rejects; the nearest valid count is 999.
-            say(f"  {name} at {steps} steps: ValueError {str(e)[:70]}...; using {steps - 1}")
-            steps -= 1
-            fn = loop_fn(name, steps, trajectory=traj)
+        fn = loop_fn(name, steps, trajectory=traj)
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(p, x_T, key, labels)
         compiled = compiled.compile()

@@ -1,6 +1,7 @@
 """Tests for diffjax.samplers: DDIM / DDPM ancestral and the lax.scan driver."""
 
 import itertools
+import re
 
 import chex
 import jax
@@ -410,3 +411,45 @@ def test_ddim_clipping_recomputes_eps_from_the_clipped_x0():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+# ------------------------------------------------------ make_sampler step counts
+
+
+def test_make_sampler_valid_at_every_allowed_step_count():
+    """num_steps = T (every training timestep) is valid for the data-prediction solvers
+    (their grid ends at t = -1) and agrees with T - 1 steps; noise-prediction solvers end
+    at t = 0 and allow T - 1; more steps than the schedule has is a clear error."""
+    from diffjax.generate import make_sampler
+
+    den = make_denoiser(gaussian_eps_model(LINEAR, [0.3], [[0.25]]), LINEAR, "eps")
+    x_T = jnp.asarray([[0.0], [1.0]])
+    full, near = (make_sampler("dpm++2m", LINEAR, n, clip_x0=None) for n in (T, T - 1))
+    assert full.num_steps == T and near.num_steps == T - 1
+    a, b = jax.jit(lambda x: (sample(full, den, x, KEY), sample(near, den, x, KEY)))(x_T)
+    assert bool(jnp.all(jnp.isfinite(a)))
+    chex.assert_trees_all_close(a, b, atol=2e-3)
+    grid = S.linspace_timesteps(T, T - 1)
+    assert len(np.unique(grid)) == T - 1 and grid[-1] >= 1
+    with pytest.raises(ValueError, match="num_steps=1000 is too many"):
+        S.linspace_timesteps(T, T)
+    with pytest.raises(ValueError, match="num_steps=1000 is too many"):
+        make_sampler("dpm2", LINEAR, T)  # noise prediction: target t = 0
+    for name in ("dpm++2m", "ddim"):
+        with pytest.raises(ValueError, match="num_steps=1001"):
+            make_sampler(name, LINEAR, T + 1)
+    with pytest.raises(ValueError, match=re.escape("unknown sampler='dpm++9m'")):
+        make_sampler("dpm++9m", LINEAR, 10)
+
+
+def test_raw_network_is_refused_at_trace_time():
+    """An x0 (or eps, v) network passed without make_denoiser is a TypeError while
+    tracing, in the driver and in the guidance wrapper, naming the fix."""
+    raw = lambda x, t, c: 0.5 * x  # noqa: E731  (an x0 network, not a denoiser)
+    x = jnp.ones((2, 3))
+    smp = ddim(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, 4)))
+    with pytest.raises(TypeError, match="make_denoiser"):
+        jax.make_jaxpr(lambda x: sample(smp, raw, x, KEY))(x)
+    guided = classifier_free_guidance(raw, 1.0, null_cond=0)
+    with pytest.raises(TypeError, match="classifier_free_guidance.*make_denoiser"):
+        jax.make_jaxpr(lambda x: guided(x, 5.0, jnp.zeros((2,), jnp.int32)))(x)

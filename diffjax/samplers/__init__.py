@@ -13,7 +13,13 @@ from diffjax.samplers.dpm_solver import (
     dpm_solver_singlestep,
     dynamic_threshold,
 )
-from diffjax.samplers.driver import Sampler, check_timesteps, sample, transition_beta
+from diffjax.samplers.driver import (
+    Sampler,
+    check_denoised,
+    check_timesteps,
+    sample,
+    transition_beta,
+)
 from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "MultistepState",
     "Sampler",
     "SinglestepState",
+    "check_denoised",
     "check_timesteps",
     "ddim",
     "ddpm",

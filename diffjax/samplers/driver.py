@@ -27,7 +27,7 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 SamplerState = Any
 
-__all__ = ["Sampler", "check_timesteps", "sample", "transition_beta"]
+__all__ = ["Sampler", "check_denoised", "check_timesteps", "sample", "transition_beta"]
 
 
 class Sampler(NamedTuple):
@@ -53,6 +53,27 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def check_denoised(out: Any, name: str = "denoise_fn") -> Any:
+    """Returns ``out`` if it is a denoiser output (has ``eps`` and ``x0``), else raises.
+
+    Samplers consume :class:`~diffjax.parameterization.Denoised`; a raw network output
+    (an array of eps, x0 or v) cannot be interpreted without knowing its prediction type,
+    so it is refused at trace time instead of being silently read as the wrong quantity.
+
+    Raises:
+      TypeError: naming ``name`` and the fix (``make_denoiser``).
+    """
+    if hasattr(out, "eps") and hasattr(out, "x0"):
+        return out
+    shape = getattr(out, "shape", None)
+    got = f"an array of shape {tuple(shape)}" if shape is not None else type(out).__name__
+    raise TypeError(
+        f"{name} must return Denoised(eps, x0), got {got}: samplers never see the raw "
+        "network. Wrap an eps, x0 or v network with "
+        "diffjax.make_denoiser(model_fn, schedule, prediction_type)"
+    )
 
 
 def transition_beta(schedule: Any, t: ArrayLike, t_prev: ArrayLike) -> Array:
@@ -145,6 +166,10 @@ def sample(
         raise ValueError(f"sampler.num_steps must be >= 1, got {num_steps}")
     x_T = jnp.asarray(x_T, jnp.float32)
     state = sampler.init(x_T)
+    raw_fn = denoise_fn
+
+    def denoise_fn(x: Array, t: ArrayLike, cond: Any) -> Any:
+        return check_denoised(raw_fn(x, t, cond))
 
     def body(state: SamplerState, i: Array) -> tuple[SamplerState, Array | None]:
         new_state = sampler.step(denoise_fn, state, i, jax.random.fold_in(key, i), cond)
