@@ -12,10 +12,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from diffjax.parameterization import make_denoiser
-from diffjax.schedules import DiscreteSchedule, make_schedule
 
 from diffjax.nn import UNet
+from diffjax.parameterization import make_denoiser
+from diffjax.schedules import DiscreteSchedule, make_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -48,6 +48,7 @@ def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNe
         num_classes=num_classes if model.class_conditional else None,
         dtype=DTYPES[model.dtype],
         conv_weight_grad=model.conv_weight_grad,
+        remat=model.remat,
     )
 
 

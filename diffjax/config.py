@@ -24,6 +24,9 @@ import ml_collections
 # would load parameters that mean something else.
 CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion")
 CHECKPOINT_DEFINING_KEYS = ("data.name",)
+# Keys of the defining sections that say how the model runs, not what it is: the same
+# parameters serve any value, so a resumed run may change them.
+CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.conv_weight_grad", "model.remat")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.class_conditional = True
     config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16'
     config.model.conv_weight_grad = "auto"  # 'auto' | 'matmul' | 'stock'
+    config.model.remat = False  # recompute block activations in the backward pass
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "linear"  # 'linear' | 'scaled_linear' | 'cosine'
@@ -244,7 +248,7 @@ def checkpoint_mismatches(
     diffs = []
     for key in sorted(current_flat):
         defining = key.split(".")[0] in CHECKPOINT_DEFINING_SECTIONS
-        if not (defining or key in CHECKPOINT_DEFINING_KEYS):
+        if not (defining or key in CHECKPOINT_DEFINING_KEYS) or key in CHECKPOINT_NEUTRAL_KEYS:
             continue
         if saved_flat.get(key) != current_flat[key]:
             diffs.append(

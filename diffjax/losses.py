@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 from diffjax.parameterization import training_target
 
 Array = jax.Array

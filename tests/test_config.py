@@ -65,6 +65,15 @@ def test_json_round_trip_and_mismatch_report():
     assert len(diffs) == 1 and diffs[0].startswith("model.base_channels")
 
 
+def test_execution_only_model_keys_may_change_on_resume():
+    saved = config_lib.digits_config()
+    resumed = config_lib.digits_config()
+    resumed.model.dtype = "bfloat16"
+    resumed.model.remat = True
+    resumed.model.conv_weight_grad = "matmul"
+    assert config_lib.checkpoint_mismatches(saved, resumed) == []
+
+
 def test_saved_config_with_unknown_key_is_rejected():
     data = json.loads(config_lib.to_json(config_lib.digits_config()))
     data["model"]["wings"] = 2

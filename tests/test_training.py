@@ -107,3 +107,34 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     with pytest.raises(FloatingPointError, match="at step 4.*step 2"):
         train(diverging, workdir)
     assert listing(workdir) == before
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
+    from diffjax import builders
+    from diffjax.data import load_dataset
+    from diffjax.training.loop import local_batch
+    from diffjax.training.optimizer import make_optimizer
+    from diffjax.training.state import create_train_state
+    from diffjax.training.step import make_train_step
+
+    config = digits_config("tiny")
+    config.model.dtype = "bfloat16"
+    dataset = load_dataset("digits", split="train")
+    model = builders.build_unet(config.model, dataset.num_classes)
+    optimizer = make_optimizer(config.optim)
+    state = create_train_state(builders.init_params(model, jax.random.key(0), (8, 8, 1)), optimizer)
+    step = jax.jit(make_train_step(model, builders.build_schedule(config.diffusion), optimizer,
+                                   config.diffusion, config.training.ema_decay))
+    batch = local_batch(dataset, 0, 8, 0, True)
+    new_state, metrics = step(state, batch, jax.random.key(1))
+    leaves = jax.tree.leaves((new_state.params, new_state.ema_params, new_state.opt_state))
+    assert all(leaf.dtype in (np.float32, np.int32) for leaf in leaves)
+    assert bool(metrics["finite"]) and 0.05 < float(metrics["loss"]) < 5.0
+    assert 0 < float(metrics["grad_norm"]) < np.inf  # (step 0 of the warm-up has lr 0)
+
+
+def test_first_non_finite_step_names_the_first_bad_step():
+    from diffjax.training.loop import first_non_finite_step
+
+    assert first_non_finite_step([True, True], 5) is None
+    assert first_non_finite_step([True, False, False], 5) == 6

@@ -191,3 +191,27 @@ def test_timestep_embedding_and_groups():
     assert group_count(128, 32) == 32
     assert group_count(8, 32) == 8
     assert group_count(24, 16) == 12
+
+
+def test_remat_keeps_parameters_outputs_and_gradients():
+    x, t = _inputs()
+    labels = jnp.array([0, 2])
+    plain, remat = UNet(**TINY), UNet(**TINY, remat=True)
+    shapes = jax.eval_shape(plain.init, jax.random.key(0), x, t, labels)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        shapes, jax.eval_shape(remat.init, jax.random.key(0), x, t, labels)
+    )
+    params = _random_params(plain, x, t, labels)
+    key = jax.random.key(3, impl="rbg")
+
+    def loss(model, p):
+        y = model.apply(p, x, t, labels, train=True, rngs={"dropout": key})
+        return jnp.mean(y**2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(params))
+    assert "remat" in jaxpr or "checkpoint" in jaxpr
+    (l_plain, g_plain), (l_remat, g_remat) = (
+        jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params) for m in (plain, remat)
+    )
+    chex.assert_trees_all_close(l_remat, l_plain, rtol=1e-6)
+    chex.assert_trees_all_close(g_remat, g_plain, rtol=1e-5, atol=1e-6)

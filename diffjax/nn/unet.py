@@ -221,6 +221,10 @@ class UNet(nn.Module):
         computed (see :mod:`diffjax.nn.conv`). 'auto' uses the matmul gradient only on the
         backends in ``diffjax.nn.AUTO_MATMUL_BACKENDS`` (none with jax 0.10.2, where it
         measured slower on CPU too); all three give the same values.
+      remat: rematerialize each residual and attention block in the backward pass
+        (``flax.linen.remat``): their activations are recomputed instead of stored, so
+        training memory grows with the block count far more slowly, for about one extra
+        forward pass of compute. Parameters and outputs are the same either way.
     """
 
     base_channels: int = 128
@@ -235,6 +239,7 @@ class UNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     conv_weight_grad: str = "auto"
+    remat: bool = False
 
     @property
     def null_label(self) -> int:
@@ -342,13 +347,17 @@ class UNet(nn.Module):
             )(labels)
             emb = emb + class_emb
 
+        # Under remat, ``train`` (argument 3 counting the module) must stay a Python bool.
+        res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        attention_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+
         def res(h: jax.Array, channels: int, name: str) -> jax.Array:
-            return ResBlock(
+            return res_block(
                 channels, self.dropout, self.num_groups, conv_fn, name=name, **kw
             )(h, emb, train)
 
         def attn(h: jax.Array, name: str) -> jax.Array:
-            return AttentionBlock(self.num_heads, self.num_groups, name=name, **kw)(h)
+            return attention_block(self.num_heads, self.num_groups, name=name, **kw)(h)
 
         # Down path.
         h = nn.Conv(

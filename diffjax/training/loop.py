@@ -150,6 +150,7 @@ def train(
         unit="step",
     )
     window_start, window_steps = time.perf_counter(), 0
+    finite_flags: list[jax.Array] = []  # per step since the last check, left on device
     preempted_at = None
     try:
         with PreemptionWatcher(manager) as preemption:
@@ -159,6 +160,7 @@ def train(
                     mesh,
                 )
                 state, metrics = train_step(state, batch, train_key)
+                finite_flags.append(metrics["finite"])
                 window_steps += 1
                 progress.update(1)
                 done = step + 1
@@ -167,9 +169,14 @@ def train(
                 save = stop or done % training.checkpoint_every == 0 or done == training.num_steps
                 if log or save:
                     host = jax.device_get(metrics)
-                    if not bool(host["finite"]):
+                    bad_step = first_non_finite_step(
+                        jax.device_get(finite_flags), done - len(finite_flags) + 1
+                    )
+                    finite_flags = []
+                    if bad_step is not None:
                         raise FloatingPointError(
-                            f"loss is {float(host['loss'])} at step {done}; the last good "
+                            f"the loss or the gradients are not finite at step {bad_step} "
+                            f"(loss {float(host['loss'])} at step {done}); the last good "
                             f"checkpoint in {workdir} (step {manager.latest_step()}) is kept"
                         )
                 if log:
@@ -238,6 +245,14 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
     finally:
         manager.close()
     return config, model, state.ema_params, info
+
+
+def first_non_finite_step(finite_flags: Any, first_step: int) -> int | None:
+    """The step (counting from ``first_step``) of the first False flag, else None."""
+    for offset, finite in enumerate(finite_flags):
+        if not bool(finite):
+            return first_step + offset
+    return None
 
 
 def _drop_records_after(path: str, step: int) -> None:

@@ -203,10 +203,12 @@ def make_train_step(
         new_state = TrainState(
             step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
         )
+        grad_norm = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "finite": jnp.isfinite(loss),
+            "grad_norm": grad_norm,
+            # A NaN or Inf in any gradient makes the norm non-finite too.
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
         }
         return new_state, metrics
 
