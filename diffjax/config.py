@@ -34,9 +34,14 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # 'digits' | 'fashion_mnist'
-    config.data.path = ""  # dataset directory, where the loader reads files
+    # 'digits' | 'fashion_mnist' (IDX files) | 'tfds:<name>' (diffjax.data.SOURCE_NAMES)
+    config.data.name = "digits"
+    config.data.path = ""  # where the data lives: IDX directory or TFDS data_dir; '' = default
     config.data.split = "train"
+    config.data.image_size = 0  # TFDS only: image side after crop/resize; 0 = the dataset's
+    config.data.random_flip = False  # random left-right flips (for natural images)
+    config.data.num_threads = 8  # grain threads that read and decode batches ahead
+    config.data.prefetch_batches = 8  # batches read ahead of the training step
 
     config.model = ml_collections.ConfigDict()
     config.model.base_channels = 128

@@ -1,7 +1,10 @@
 """Checkpoints: orbax CheckpointManager (async, bounded retention) plus the run's config.
 
 A workdir holds ``config.json`` (the run's full config), ``run_info.json`` (what the
-dataset fixed: image shape and number of classes) and ``checkpoints/<step>/``. Orbax
+dataset fixed: image shape and number of classes) and ``checkpoints/<step>/``. Each
+step holds the train state, the config and the input pipeline's iterator state (grain's
+orbax handler, one ``process_<i>-of-<n>.json`` per process), written in the same orbax
+checkpoint so that they are committed, or lost, together. Orbax
 writes each checkpoint to a temporary directory and renames it when complete, and
 only then drops the oldest beyond ``max_to_keep``, so a crash mid-save never replaces
 the last good checkpoint. A run started in a workdir whose config defines a different
@@ -15,6 +18,7 @@ import os
 import tempfile
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -24,6 +28,7 @@ from diffjax import config as config_lib
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 CHECKPOINT_DIR = "checkpoints"
+DATA_ITERATOR_ITEM = "data_iterator"
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -128,24 +133,38 @@ def checkpoint_manager(
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
         options=options,
-        item_names=("state", "config"),
+        item_names=("state", "config", DATA_ITERATOR_ITEM),
     )
 
 
 def save(
-    manager: ocp.CheckpointManager, step: int, state: Any, config: ml_collections.ConfigDict
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    config: ml_collections.ConfigDict,
+    data_iterator: grain.DatasetIterator | None = None,
 ) -> None:
-    """Saves the state and its config (as JSON) under ``step``; asynchronous if enabled."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(config.to_dict()),
-        ),
-    )
+    """Saves the state, its config (as JSON) and the data iterator's state under ``step``.
+
+    The arrays are written asynchronously if enabled; the iterator's state is read
+    before this returns, so the iterator may move on at once.
+    """
+    items = {
+        "state": ocp.args.StandardSave(state),
+        "config": ocp.args.JsonSave(config.to_dict()),
+    }
+    if data_iterator is not None:
+        items[DATA_ITERATOR_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+    manager.save(step, args=ocp.args.Composite(**items))
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
+def restore(
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    step: int | None = None,
+    *,
+    data_iterator: grain.DatasetIterator | None = None,
+) -> Any:
     """Restores the state at ``step`` (default: latest) into the given abstract structure.
 
     Args:
@@ -153,6 +172,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
       abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (with shardings) matching the
         saved state, e.g. from ``jax.eval_shape``.
       step: which checkpoint; None for the latest.
+      data_iterator: if given and the checkpoint holds a data iterator state, this
+        iterator is set to it (in place). Use :func:`has_data_iterator` to tell whether
+        it was.
 
     Raises:
       FileNotFoundError: there is no checkpoint (at that step).
@@ -166,16 +188,22 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
         raise FileNotFoundError(
             f"no checkpoint at step {step} in {manager.directory}; have {steps}"
         )
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None and has_data_iterator(manager, step):
+        items[DATA_ITERATOR_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError) as e:
         raise ValueError(
             f"checkpoint at step {step} in {manager.directory} does not match this model "
             f"and optimizer configuration: {e}"
         ) from e
     return restored["state"]
+
+
+def has_data_iterator(manager: ocp.CheckpointManager, step: int) -> bool:
+    """Whether the checkpoint at ``step`` holds a data iterator state."""
+    return DATA_ITERATOR_ITEM in manager.item_metadata(step)
 
 
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:

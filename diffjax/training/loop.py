@@ -1,9 +1,11 @@
 """The training loop: ``train(config, workdir)`` runs or resumes a run in a workdir.
 
 The loop is a thin host-side driver around one jitted, state-donating train step;
-all numerics live in :mod:`diffjax.training.step`. Batches are chosen by
-``batch_indices(step)``, keys by ``fold_in(seed, step)``, so a resumed run repeats
-exactly the batches and noise of an uninterrupted one.
+all numerics live in :mod:`diffjax.training.step`. Batches come from one grain pipeline
+(:func:`diffjax.data.training_batches`) whatever the source, each process reading only
+its slice of every global batch; keys come from ``fold_in(seed, step)``. The data
+iterator's state is saved in every checkpoint beside the train state and restored with
+it, so a resumed run repeats exactly the batches and noise of an uninterrupted one.
 
 Preemption: a SIGTERM while ``train`` runs makes it finish the current step, save a
 checkpoint there (synchronously), restore the previous SIGTERM handler and return the
@@ -26,7 +28,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from diffjax import builders
-from diffjax.data import ImageDataset, batch_indices, load_dataset, validate_dataset
+from diffjax.data import (
+    ImageDataset,
+    ImageSource,
+    batch_iterator,
+    in_memory_source,
+    load_source,
+    training_batches,
+)
+from diffjax.data.pipeline import check_example
 from diffjax.training import checkpoint as ckpt
 from diffjax.training import sharding
 from diffjax.training.optimizer import make_optimizer
@@ -37,38 +47,40 @@ from diffjax.training.step import make_train_step
 METRICS_FILE = "metrics.jsonl"
 
 
-def load_training_data(config: ml_collections.ConfigDict) -> ImageDataset:
-    """Loads the dataset a config names (``config.data``)."""
-    kwargs: dict[str, Any] = {"split": config.data.split}
-    if config.data.path:
-        kwargs["path"] = config.data.path
-    return validate_dataset(load_dataset(config.data.name, **kwargs))
+def load_training_data(config: ml_collections.ConfigDict) -> ImageSource:
+    """Opens the training data a config names (``config.data``)."""
+    data = config.data
+    return load_source(data.name, split=data.split, path=data.path, image_size=data.image_size)
 
 
-def run_info(dataset: ImageDataset) -> dict[str, Any]:
-    """The dataset facts a checkpoint depends on (saved as ``run_info.json``)."""
-    return {"image_shape": list(dataset.images.shape[1:]), "num_classes": int(dataset.num_classes)}
+def run_info(source: ImageSource) -> dict[str, Any]:
+    """The data facts a checkpoint depends on (saved as ``run_info.json``)."""
+    return {"image_shape": list(source.image_shape), "num_classes": int(source.num_classes)}
+
+
+def _as_source(data: ImageDataset | ImageSource) -> ImageSource:
+    return data if isinstance(data, ImageSource) else in_memory_source(data)
 
 
 def local_batch(
-    dataset: ImageDataset, step: int, batch_size: int, seed: int, conditional: bool
+    dataset: ImageDataset | ImageSource,
+    step: int,
+    batch_size: int,
+    seed: int,
+    conditional: bool,
 ) -> dict[str, np.ndarray]:
-    """This process's slice of the global batch at ``step``."""
-    indices = batch_indices(len(dataset.images), batch_size, step, seed)
-    per_process = batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    indices = indices[start : start + per_process]
-    batch = {"image": dataset.images[indices]}
-    if conditional:
-        batch["label"] = dataset.labels[indices]
-    return batch
+    """This process's slice of the global batch at ``step``, as ``train`` reads it.
+
+    (With ``data.random_flip=False``; read directly from the pipeline, no iterator.)
+    """
+    return training_batches(_as_source(dataset), batch_size, seed=seed, labels=conditional)[step]
 
 
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
-    dataset: ImageDataset | None = None,
+    dataset: ImageDataset | ImageSource | None = None,
 ) -> TrainState:
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
 
@@ -76,7 +88,8 @@ def train(
       config: the full run config (see :func:`diffjax.config.base_config`).
       workdir: where config, checkpoints and ``metrics.jsonl`` live. A workdir with a
         checkpoint resumes from it; one from an incompatible config is refused.
-      dataset: training data; by default the one ``config.data`` names.
+      dataset: training data (in memory or any ImageSource); by default the one
+        ``config.data`` names.
 
     Returns:
       The final TrainState (replicated over the devices). After a SIGTERM its
@@ -88,21 +101,28 @@ def train(
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
     """
     training = config.training
-    dataset = validate_dataset(dataset) if dataset is not None else load_training_data(config)
-    if training.batch_size > len(dataset.images):
+    source = _as_source(dataset) if dataset is not None else load_training_data(config)
+    if training.batch_size > source.num_examples:
         raise ValueError(
-            f"training.batch_size={training.batch_size} exceeds the {len(dataset.images)} "
-            f"training images of {dataset.name!r}"
+            f"training.batch_size={training.batch_size} exceeds the {source.num_examples} "
+            f"training images of {source.name!r}"
         )
     mesh = sharding.make_mesh()
     sharding.check_batch_size(training.batch_size, mesh, training.grad_accum_steps)
-    ckpt.prepare_workdir(workdir, config, run_info(dataset))
+    check_example(source, source.decode(source.records[0]))
+    batches = training_batches(
+        source,
+        training.batch_size,
+        seed=training.seed,
+        random_flip=config.data.random_flip,
+        labels=config.model.class_conditional,
+    )
+    ckpt.prepare_workdir(workdir, config, run_info(source))
 
-    model = builders.build_unet(config.model, dataset.num_classes)
+    model = builders.build_unet(config.model, source.num_classes)
     schedule = builders.build_schedule(config.diffusion)
     optimizer = make_optimizer(config.optim)
-    conditional = model.num_classes is not None
-    image_shape = tuple(dataset.images.shape[1:])
+    image_shape = tuple(source.image_shape)
     replicated = sharding.replicated(mesh)
 
     def init_state(key: jax.Array) -> TrainState:
@@ -116,9 +136,15 @@ def train(
         async_checkpointing=training.async_checkpointing,
         cleanup_tmp_directories=True,
     )
+    data_iterator = batch_iterator(
+        batches,
+        num_threads=config.data.num_threads,
+        prefetch_batches=config.data.prefetch_batches,
+    )
     if manager.latest_step() is not None:
         abstract = ckpt.abstract_with_sharding(jax.eval_shape(init_state, init_key), replicated)
-        state = ckpt.restore(manager, abstract)
+        state = ckpt.restore(manager, abstract, data_iterator=data_iterator)
+        _align_data_iterator(data_iterator, manager, int(state.step))
     else:
         state = jax.jit(init_state, out_shardings=replicated)(init_key)
 
@@ -146,7 +172,7 @@ def train(
         total=training.num_steps,
         initial=start,
         disable=not (is_main and training.progress_bar),
-        desc=f"train {dataset.name}",
+        desc=f"train {source.name}",
         unit="step",
     )
     window_start, window_steps = time.perf_counter(), 0
@@ -155,10 +181,7 @@ def train(
     try:
         with PreemptionWatcher(manager) as preemption:
             for step in range(start, training.num_steps):
-                batch = sharding.global_batch(
-                    local_batch(dataset, step, training.batch_size, training.seed, conditional),
-                    mesh,
-                )
+                batch = sharding.global_batch(next(data_iterator), mesh)
                 state, metrics = train_step(state, batch, train_key)
                 finite_flags.append(metrics["finite"])
                 window_steps += 1
@@ -195,7 +218,7 @@ def train(
                         _append_jsonl(metrics_path, record)
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
-                    ckpt.save(manager, done, state, config)
+                    ckpt.save(manager, done, state, config, data_iterator)
                 if stop:
                     manager.wait_until_finished()
                     if done < training.num_steps:
@@ -205,6 +228,7 @@ def train(
     finally:
         progress.close()
         manager.close()
+        data_iterator.close()
     if preempted_at is not None and is_main:
         print(
             f"diffjax train: preempted (SIGTERM) at step {preempted_at} of "
@@ -253,6 +277,25 @@ def first_non_finite_step(finite_flags: Any, first_step: int) -> int | None:
         if not bool(finite):
             return first_step + offset
     return None
+
+
+def _align_data_iterator(iterator: Any, manager: Any, step: int) -> None:
+    """Checks the restored data iterator is at ``step`` (one batch per step).
+
+    A checkpoint written before iterator states were saved has none; the iterator is
+    then moved to ``step``.
+
+    Raises:
+      ValueError: the checkpoint's iterator state disagrees with its train state.
+    """
+    position = iterator.get_state().get("next_index")
+    if not ckpt.has_data_iterator(manager, step):
+        iterator.set_state({"next_index": step})
+    elif position != step:
+        raise ValueError(
+            f"checkpoint at step {step} in {manager.directory} holds a data iterator that "
+            f"has read {position} batches; expected {step} (one batch per step)"
+        )
 
 
 def _drop_records_after(path: str, step: int) -> None:
