@@ -102,6 +102,106 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"report and samples in {args.workdir}/")
 
 
+def _parse_list(text: str, kind: type, flag: str) -> list:
+    """Comma-separated values; for guidance, 'none' means no guidance."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        return [None if kind is float and v.lower() == "none" else kind(v) for v in items]
+    except ValueError:
+        raise ValueError(f"{flag}={text!r} must be comma-separated {kind.__name__}s") from None
+
+
+def _guidance_scales(text: str | None, default: float | None) -> list[float | None]:
+    """``--guidance`` values: comma-separated scales or 'none'; unset gives ``[default]``."""
+    return [default] if text is None else _parse_list(text, float, "--guidance")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Samples a trained workdir and prints FID@N, KID, PR/DC, class agreement, speed."""
+    import json
+
+    from diffjax.evaluate import (
+        default_guidance,
+        evaluate_sampler,
+        format_evaluation,
+        load_evaluation_context,
+    )
+    from diffjax.training.checkpoint import write_text_atomic
+
+    ctx = load_evaluation_context(
+        args.workdir, step=args.step, features=args.features,
+        inception_weights=args.inception_weights,
+    )
+    scales = _guidance_scales(args.guidance, default_guidance(ctx))
+    if len(scales) != 1:
+        raise ValueError(f"--guidance={args.guidance!r}: evaluate takes one scale (pareto many)")
+    guidance = scales[0]
+    result = evaluate_sampler(
+        ctx, args.sampler, args.steps, guidance, args.num_samples,
+        seed=args.seed, batch_size=args.batch_size, reference_stats=args.reference_stats,
+    )
+    w = "none" if guidance is None else f"{guidance:g}"
+    out = args.out or os.path.join(
+        args.workdir, "eval", f"evaluate_{args.sampler}_{args.steps}steps_w{w}_N{args.num_samples}"
+        f"_{ctx.extractor.name}.json",
+    )
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    print(format_evaluation(result))
+    print(f"wrote {out}")
+
+
+def cmd_pareto(args: argparse.Namespace) -> None:
+    """Sweeps samplers x NFE x guidance and writes the Pareto table, CSV/JSON and plots."""
+    from diffjax.evaluate import default_guidance, load_evaluation_context, run_pareto_sweep
+    from diffjax.metrics.pareto import best_per_nfe, format_pareto_table
+
+    samplers = _parse_list(args.samplers, str, "--samplers")
+    unknown = [s for s in samplers if s not in SAMPLER_NAMES]
+    if unknown:
+        raise ValueError(f"--samplers: unknown {unknown}; known: {', '.join(SAMPLER_NAMES)}")
+    nfes = _parse_list(args.nfe, int, "--nfe")
+    ctx = load_evaluation_context(
+        args.workdir, step=args.step, features=args.features,
+        inception_weights=args.inception_weights,
+    )
+    scales = _guidance_scales(args.guidance, default_guidance(ctx))
+    out = args.out or os.path.join(args.workdir, "eval", "pareto")
+    rows = run_pareto_sweep(
+        ctx, samplers=samplers, nfes=nfes, guidance_scales=scales,
+        num_samples=args.num_samples, out_dir=out, seed=args.seed,
+        batch_size=args.batch_size, progress=not args.no_progress,
+        meta={"command": _pareto_command(args, scales)},
+    )
+    label = rows[0]["fid_label"] if rows else "FID"
+    print(format_pareto_table(rows, label))
+    for best in best_per_nfe(rows):
+        print(f"best {label} at NFE <= {best['nfe_target']}: {best['fid']:.3f} "
+              f"({best['sampler']}, NFE {best['nfe']}, w={best['guidance_scale']})")
+    print(f"wrote {out}/pareto.csv, pareto.json, pareto.md, pareto_nfe.png, pareto_seconds.png")
+
+
+def _pareto_command(args: argparse.Namespace, scales: list) -> str:
+    """The command line that reproduces a sweep (defaults resolved)."""
+    w = ",".join("none" if s is None else f"{s:g}" for s in scales)
+    return (
+        f"diffjax pareto --workdir {args.workdir} --samplers {args.samplers} --nfe {args.nfe} "
+        f"--guidance {w} --num-samples {args.num_samples} --features {args.features} "
+        f"--seed {args.seed} --batch-size {args.batch_size}"
+    )
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a training workdir")
+    parser.add_argument("--num-samples", type=int, default=500, help="N of FID@N etc.")
+    parser.add_argument("--features", default="classifier", choices=("classifier", "inception"),
+                        help="classifier: offline features of a CNN trained on the dataset")
+    parser.add_argument("--inception-weights", default=None,
+                        help="converted FID Inception .npz (default $DIFFJAX_INCEPTION_WEIGHTS)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256, help="largest sampling batch")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffjax`` command."""
     parser = argparse.ArgumentParser(prog="diffjax", description=__doc__.split("\n")[0])
@@ -129,6 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo_out")
     demo.add_argument("--variant", default="", help="digits config variant ('' or 'tiny')")
     demo.add_argument("--num-per-class", type=int, default=50)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler"
+    )
+    _add_eval_arguments(evaluate)
+    evaluate.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
+    evaluate.add_argument("--steps", type=int, default=50)
+    evaluate.add_argument("--guidance", default=None,
+                          help="guidance scale w or 'none' (default: the run's config)")
+    evaluate.add_argument("--reference-stats", default=None,
+                          help="pytorch-fid .npz (mu, sigma) to take FID against")
+    evaluate.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval/...)")
+
+    pareto = sub.add_parser(
+        "pareto", help="quality vs NFE and vs seconds/image over samplers: CSV, JSON, PNG"
+    )
+    _add_eval_arguments(pareto)
+    pareto.add_argument("--samplers", default="ddim,ddpm,dpm++2m,dpm++3m,dpm++2s,dpm-fast")
+    pareto.add_argument("--nfe", default="5,10,20,50", help="network-evaluation budgets")
+    pareto.add_argument("--guidance", default=None,
+                        help="comma-separated scales, 'none' for unguided (default: config)")
+    pareto.add_argument("--out", default=None, help="folder (default WORKDIR/eval/pareto)")
+    pareto.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -159,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_demo(args, overrides)
         elif overrides:
             raise ValueError(f"--config overrides apply to train and demo only: {overrides}")
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "pareto":
+            cmd_pareto(args)
         else:
             cmd_sample(args)
     except (ValueError, FileNotFoundError) as e:

@@ -31,6 +31,7 @@ __all__ = [
     "SmallCNN",
     "accuracy",
     "class_agreement",
+    "classifier_features",
     "classify",
     "init_classifier",
     "load_classifier",
@@ -57,8 +58,13 @@ class SmallCNN(nn.Module):
     hidden: int = 128
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Maps ``(B, H, W, C)`` images to ``(B, num_classes)`` float32 logits."""
+    def __call__(self, x: jax.Array, *, penultimate: bool = False) -> jax.Array:
+        """Maps ``(B, H, W, C)`` images to ``(B, num_classes)`` float32 logits.
+
+        With ``penultimate=True`` it returns the ``(B, hidden)`` activations of the hidden
+        dense layer (after its ReLU) instead: the embedding used as a feature extractor
+        for FID / KID / precision-recall (:func:`classifier_features`).
+        """
         x = x.astype(jnp.float32)
         for f in self.features:
             x = nn.relu(nn.Conv(f, (3, 3))(x))
@@ -66,6 +72,8 @@ class SmallCNN(nn.Module):
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden)(x))
+        if penultimate:
+            return x
         return nn.Dense(self.num_classes)(x)
 
 
@@ -176,6 +184,11 @@ def _logits(clf: ClassifierParams, images: jax.Array) -> jax.Array:
     return clf.module.apply({"params": clf.params}, images)
 
 
+@jax.jit
+def _penultimate(clf: ClassifierParams, images: jax.Array) -> jax.Array:
+    return clf.module.apply({"params": clf.params}, images, penultimate=True)
+
+
 def _check_images(clf: ClassifierParams, images: Any) -> None:
     shape = tuple(np.shape(images))
     if len(shape) != 4 or shape[1:] != clf.image_shape:
@@ -207,6 +220,37 @@ def predict(clf: ClassifierParams, images: Any, *, batch_size: int = 1024) -> np
     Evaluates in chunks of ``batch_size`` (the last one padded, so at most one compilation
     per chunk size).
     """
+    out = _map_chunks(clf, images, batch_size, lambda x: jnp.argmax(_logits(clf, x), axis=-1))
+    return out.astype(np.int32) if out is not None else np.zeros((0,), np.int32)
+
+
+def classifier_features(
+    clf: ClassifierParams, images: Any, *, batch_size: int = 1024
+) -> np.ndarray:
+    """The ``(N, clf.hidden)`` penultimate activations of ``images`` (float32 numpy).
+
+    These are the hidden dense layer's ReLU outputs, the classifier's embedding of an
+    image: an offline feature extractor for FID / KID / precision-recall on the dataset
+    the classifier was trained on ("FID on classifier features", which needs no
+    Inception weights). Numbers computed on them are comparable only with numbers from
+    the same classifier.
+
+    Args:
+      clf: A trained classifier.
+      images: ``(N, H, W, C)`` images on the data scale ``[-1, 1]``.
+      batch_size: Images per compiled call (the last chunk is padded: one compilation).
+
+    Returns:
+      The features.
+    """
+    out = _map_chunks(clf, images, batch_size, lambda x: _penultimate(clf, x))
+    return out if out is not None else np.zeros((0, clf.hidden), np.float32)
+
+
+def _map_chunks(
+    clf: ClassifierParams, images: Any, batch_size: int, fn: Any
+) -> np.ndarray | None:
+    """Applies ``fn`` to fixed-size chunks of ``images`` (the last padded); None if empty."""
     _check_images(clf, images)
     images = np.asarray(images, np.float32)
     n = images.shape[0]
@@ -219,8 +263,8 @@ def predict(clf: ClassifierParams, images: Any, *, batch_size: int = 1024) -> np
         m = x.shape[0]
         if m < chunk:
             x = np.concatenate([x, np.zeros((chunk - m, *x.shape[1:]), x.dtype)])
-        out.append(np.asarray(jnp.argmax(_logits(clf, x), axis=-1))[:m])
-    return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
+        out.append(np.asarray(fn(x))[:m])
+    return np.concatenate(out) if out else None
 
 
 def class_agreement(
