@@ -1,6 +1,7 @@
 """Sample-quality metrics: FID, KID, precision/recall, density/coverage, memorization.
 
-Also the FID InceptionV3 (Flax) and a small CNN classifier for class-fidelity checks.
+Also the FID InceptionV3 (Flax) and a small CNN classifier for class-fidelity checks, and
+CLIP (Flax, Hugging Face safetensors weights, offline tokenizer) for the CLIP score.
 """
 
 from diffjax.metrics.classifier import (
@@ -15,6 +16,20 @@ from diffjax.metrics.classifier import (
     save_classifier,
     train_classifier,
 )
+from diffjax.metrics.clip import (
+    CLIP,
+    CLIPConfig,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    clip_image_features,
+    clip_score,
+    clip_scores,
+    clip_text_features,
+    load_clip,
+    load_clip_tokenizer,
+    preprocess_clip_images,
+)
+from diffjax.metrics.clip_tokenizer import CLIPTokenizer
 from diffjax.metrics.fid import (
     FeatureStatistics,
     compute_statistics,
@@ -59,8 +74,13 @@ from diffjax.metrics.prdc import (
 )
 
 __all__ = [
+    "CLIP",
     "GU_THRESHOLD",
     "WEIGHTS_ENV_VAR",
+    "CLIPConfig",
+    "CLIPTextConfig",
+    "CLIPTokenizer",
+    "CLIPVisionConfig",
     "ClassifierParams",
     "DensityCoverage",
     "FIDInceptionV3",
@@ -75,6 +95,10 @@ __all__ = [
     "carlini_ratio",
     "class_agreement",
     "classify",
+    "clip_image_features",
+    "clip_score",
+    "clip_scores",
+    "clip_text_features",
     "compute_statistics",
     "convert_pytorch_fid_checkpoint",
     "density_coverage",
@@ -89,6 +113,8 @@ __all__ = [
     "kernel_inception_distance",
     "knn_radii",
     "load_classifier",
+    "load_clip",
+    "load_clip_tokenizer",
     "load_inception_weights",
     "load_statistics",
     "memorization_report",
@@ -97,6 +123,7 @@ __all__ = [
     "polynomial_mmd2_unbiased",
     "precision_recall",
     "predict",
+    "preprocess_clip_images",
     "preprocess_images",
     "random_pytorch_fid_state_dict",
     "save_classifier",
