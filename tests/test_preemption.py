@@ -26,6 +26,7 @@ import time
 import chex
 import jax
 import pytest
+from jax_subprocess import REPO, subprocess_env
 
 from diffjax.config import apply_overrides, load_config
 from diffjax.training import checkpoint as ckpt
@@ -34,7 +35,6 @@ from diffjax.training.checkpoint import CHECKPOINT_DIR
 from diffjax.training.loop import _drop_records_after
 from diffjax.training.preemption import PreemptionWatcher
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/configs/digits.py:tiny"
 OVERRIDES = [
     "--config.training.progress_bar=False",
@@ -61,14 +61,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def env():
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    return env
+    return subprocess_env(2)
 
 
 def train_argv(workdir, *overrides):

@@ -5,7 +5,6 @@ in a subprocess with its own XLA_FLAGS, under a timeout.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,27 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_subprocess import REPO, subprocess_env
 
 from diffjax.training import sharding
 from diffjax.training.step import example_keys, split_microbatches
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def subprocess_env(num_devices, *xla_flags):
-    """Environment for a JAX subprocess with ``num_devices`` fake CPU devices."""
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = " ".join(
-        [f"--xla_force_host_platform_device_count={num_devices}", *xla_flags]
-    )
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    # Share the session's persistent compilation cache (see conftest).
-    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    return env
-
 
 # Four runs of 3 steps on the same batches of 16 from the same initial state: one device;
 # 8 devices; 8 devices with 2 microbatches per step (shard_map), unrolled as on CPU and

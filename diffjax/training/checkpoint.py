@@ -99,8 +99,9 @@ def prepare_workdir(
                 "use a new workdir or the same settings:\n  " + "\n  ".join(problems)
             )
     os.makedirs(workdir, exist_ok=True)
-    write_text_atomic(config_path, config_lib.to_json(config))
-    write_text_atomic(os.path.join(workdir, RUN_INFO_FILE), json.dumps(run_info, indent=2))
+    if jax.process_index() == 0:  # one writer in a multi-process run
+        write_text_atomic(config_path, config_lib.to_json(config))
+        write_text_atomic(os.path.join(workdir, RUN_INFO_FILE), json.dumps(run_info, indent=2))
 
 
 def checkpoint_manager(
