@@ -31,6 +31,7 @@ from diffjax.samplers import (
     dpm_solver_multistep,
     dpm_solver_singlestep,
     sample,
+    unipc,
 )
 from diffjax.schedules import (
     CosineVPSchedule,
@@ -95,6 +96,7 @@ __all__ = [
     "trailing_timesteps",
     "train",
     "training_target",
+    "unipc",
     "v_to_eps",
     "v_to_x0",
     "with_final_timestep",

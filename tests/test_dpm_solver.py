@@ -1,15 +1,30 @@
 """Tests for the DPM-Solver family: singlestep, multistep, fast, ++, SDE-++ (2M)."""
 
 import chex
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from harness import (
+    COV,
+    KEY,
+    LINEAR,
+    MU,
+    LinearVP64,
+    T,
+    affine_law,
+    exact_flow_law,
+    fitted_order,
+    gaussian_denoiser64,
+    gaussian_w2,
+    harness_model,
+    harness_sample,
+    run_eager,
+)
 
 from diffjax import schedules as S
 from diffjax.guidance import classifier_free_guidance
-from diffjax.parameterization import Denoised, make_denoiser
+from diffjax.parameterization import make_denoiser
 from diffjax.samplers import (
     DynamicThresholding,
     MultistepState,
@@ -23,100 +38,6 @@ from diffjax.samplers import (
     multistep_orders,
     sample,
 )
-
-T = 1000
-LINEAR = S.make_schedule("linear", T)
-KEY = jax.random.key(0)
-
-
-# ------------------------------------------------------------------- helpers
-
-
-def harness_sample():
-    """diffusers' deterministic scheduler-test sample, batch-first (4, 3, 8, 8)."""
-    x = jnp.arange(768, dtype=jnp.float32) / 768
-    return x.reshape(3, 8, 8, 4).transpose(3, 0, 1, 2)
-
-
-def harness_model(x, t, cond):
-    """diffusers' dummy model eps(x, t) = x * t / (t + 1) with integer timestep t."""
-    t = t.reshape((-1,) + (1,) * (x.ndim - 1))
-    return x * t / (t + 1)
-
-
-@flax.struct.dataclass
-class LinearVP64(S.LinearVPSchedule):
-    """The library's LinearVPSchedule evaluated in float64 (under enable_x64).
-
-    The library schedules compute in float32 by design; measuring third-order
-    convergence down to errors of 1e-7 needs the schedule in float64 too.
-    """
-
-    def log_alpha(self, t):
-        t = jnp.asarray(t, jnp.float64)
-        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-    def t_from_log_snr(self, log_snr):
-        db = self.beta_max - self.beta_min
-        tmp = 2.0 * db * jax.nn.softplus(-jnp.asarray(log_snr, jnp.float64))
-        return tmp / (jnp.sqrt(self.beta_min**2 + tmp) + self.beta_min) / db
-
-
-MU = np.array([1.0, -0.5])
-COV = np.array([[1.0, 0.6], [0.6, 0.5]])
-
-
-def gaussian_denoiser64(schedule, mu, cov):
-    """Exact (eps*, x0*) for data N(mu, cov) in float64: eps* = sigma S_t^-1 (x - alpha mu)."""
-    lam, vecs = np.linalg.eigh(cov)
-
-    def den(x, t, cond):
-        a, s = schedule.alpha(t), schedule.sigma(t)
-        eps = s * (((x - a * mu) @ vecs) / (a**2 * lam + s**2)) @ vecs.T
-        return Denoised(eps=eps, x0=(x - s * eps) / a)
-
-    return den
-
-
-def exact_flow_law(mu, cov, t_start, t_end):
-    """Law of the exact probability-flow ODE map t_start -> t_end applied to N(0, I).
-
-    For Gaussian data each eigen-coordinate keeps (x - alpha mu) / sqrt(alpha^2 l + sigma^2)
-    along the flow, so the map is x -> alpha_e mu + G (x - alpha_s mu) with G diagonal in
-    the eigenbasis of cov (float64, closed form).
-    """
-    lam, vecs = np.linalg.eigh(cov)
-
-    def alpha_sigma(t):
-        log_alpha = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
-        return np.exp(log_alpha), np.sqrt(-np.expm1(2 * log_alpha))
-
-    (a_s, s_s), (a_e, s_e) = alpha_sigma(t_start), alpha_sigma(t_end)
-    G = vecs @ np.diag(np.sqrt((a_e**2 * lam + s_e**2) / (a_s**2 * lam + s_s**2))) @ vecs.T
-    return a_e * mu - G @ (a_s * mu), G @ G.T
-
-
-def gaussian_w2(m1, c1, m2, c2):
-    """Exact 2-Wasserstein distance between two Gaussians (float64)."""
-    w, v = np.linalg.eigh(c1)
-    r1 = (v * np.sqrt(np.maximum(w, 0))) @ v.T
-    inner = np.linalg.eigvalsh(r1 @ c2 @ r1)
-    w2sq = np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2)
-    return float(np.sqrt(max(w2sq - 2 * np.sum(np.sqrt(np.maximum(inner, 0))), 0.0)))
-
-
-def run_eager(sampler, den, x):
-    """Steps a sampler op by op with concrete step indices (the state keeps x's dtype).
-
-    The library driver casts x_T to float32 by design; this loop lets the float64
-    convergence tests run the samplers' own init/step/finalize in float64 without a
-    compile per step count.
-    """
-    state = sampler.init(x)
-    for i in range(sampler.num_steps):
-        state = sampler.step(den, state, jnp.int32(i), None, None)
-    return sampler.finalize(state)
-
 
 # ------------------------------------------------- diffusers harness (golden values)
 
@@ -253,14 +174,11 @@ def test_convergence_order_on_gaussian_data(name):
         probes = jnp.asarray(np.vstack([np.zeros(2), np.eye(2)]), jnp.float64)
         w2 = []
         for n in steps:
-            out = np.asarray(
-                run_eager(build(sched, dpm_solver_fast_timesteps(sched, n)), den, probes)
-            )
-            assert out.dtype == np.float64
-            b, J = out[0], (out[1:] - out[0]).T
-            w2.append(gaussian_w2(b, J @ J.T, b_ref, c_ref))
+            out = run_eager(build(sched, dpm_solver_fast_timesteps(sched, n)), den, probes)
+            assert out.dtype == jnp.float64
+            w2.append(gaussian_w2(*affine_law(out), b_ref, c_ref))
     w2 = np.array(w2)
-    slope = -np.polyfit(np.log(steps), np.log(w2), 1)[0]
+    slope = fitted_order(steps, w2)
     assert np.all(np.diff(w2) < 0), w2
     assert lo < slope < hi, (name, slope, w2)
 

@@ -8,62 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from harness import (
+    KEY,
+    LINEAR,
+    T,
+    gaussian_eps_model,
+    gaussian_w2,
+    harness_model,
+    harness_sample,
+)
 
 from diffjax import schedules as S
 from diffjax.guidance import classifier_free_guidance
 from diffjax.parameterization import Denoised, make_denoiser
 from diffjax.samplers import Sampler, ddim, ddpm, sample
 
-T = 1000
-LINEAR = S.make_schedule("linear", T)
 FULL_GRID = S.with_final_timestep(np.arange(T - 1, -1, -1))  # [999, ..., 0, -1]
-KEY = jax.random.key(0)
-
-
-# ------------------------------------------------------------------- helpers
-
-
-def harness_sample():
-    """diffusers' deterministic scheduler-test sample, batch-first (4, 3, 8, 8)."""
-    x = jnp.arange(768, dtype=jnp.float32) / 768
-    return x.reshape(3, 8, 8, 4).transpose(3, 0, 1, 2)
-
-
-def harness_model(x, t, cond):
-    """diffusers' dummy model eps(x, t) = x * t / (t + 1) with integer timestep t."""
-    t = t.reshape((-1,) + (1,) * (x.ndim - 1))
-    return x * t / (t + 1)
-
-
-def gaussian_eps_model(schedule, mu, cov):
-    """Exact eps* for data N(mu, cov) (x is (B, d)): sigma (a^2 S + s^2 I)^-1 (x - a mu).
-
-    Uses the eigendecomposition S = V diag(l) V^T, so no linear solve runs per step.
-    """
-    lam, vecs = np.linalg.eigh(np.asarray(cov, np.float64))
-    lam, vecs = jnp.asarray(lam, jnp.float32), jnp.asarray(vecs, jnp.float32)
-    mu = jnp.asarray(mu, jnp.float32)
-
-    def model_fn(x, t, cond):
-        a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
-        r = (x - a * mu) @ vecs  # eigen-coordinates
-        return s * (r / (a**2 * lam + s**2)) @ vecs.T
-
-    return model_fn
-
-
-def gaussian_w2(m1, c1, m2, c2):
-    """Exact 2-Wasserstein distance between two Gaussians (float64)."""
-    w, v = np.linalg.eigh(c1)
-    r1 = (v * np.sqrt(np.maximum(w, 0))) @ v.T
-    inner = np.linalg.eigvalsh(r1 @ c2 @ r1)
-    w2sq = (
-        np.sum((m1 - m2) ** 2)
-        + np.trace(c1)
-        + np.trace(c2)
-        - 2 * np.sum(np.sqrt(np.maximum(inner, 0)))
-    )
-    return float(np.sqrt(max(w2sq, 0.0)))
 
 
 # ------------------------------------------------- diffusers DDIM harness values

@@ -21,17 +21,20 @@ from diffjax.samplers.driver import (
     transition_beta,
 )
 from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
+from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
 __all__ = [
     "DDPM_VARIANCES",
     "DPM_SOLVER_ALGORITHMS",
     "DPM_SOLVER_TYPES",
+    "UNIPC_VARIANTS",
     "DDIMState",
     "DDPMState",
     "DynamicThresholding",
     "MultistepState",
     "Sampler",
     "SinglestepState",
+    "UniPCState",
     "check_denoised",
     "check_timesteps",
     "ddim",
@@ -45,4 +48,6 @@ __all__ = [
     "multistep_orders",
     "sample",
     "transition_beta",
+    "unipc",
+    "unipc_corrector_orders",
 ]

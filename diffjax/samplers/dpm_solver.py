@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.parameterization import DenoiseFn, expand_to
-from diffjax.samplers.driver import Sampler, check_timesteps, concrete_value
+from diffjax.samplers.driver import Sampler, check_timesteps, concrete_value, state_dtype
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
@@ -264,9 +264,47 @@ def model_output_fn(
     return fn
 
 
-def state_dtype(x: ArrayLike) -> Any:
-    """float32, or float64 for float64 input (never narrower than float32)."""
-    return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
+class StepContext(NamedTuple):
+    """What every DPM-Solver-family step starts from.
+
+    Attributes:
+      grid: the time grid in the state's dtype.
+      s: the step's start time ``grid[i]``.
+      t: its end time ``grid[i + 1]``.
+      m_s: the marginal at ``s``.
+      m_t: the marginal at ``t``.
+      model: ``model(x, time)``, the model output the solver works with.
+    """
+
+    grid: Array
+    s: Array
+    t: Array
+    m_s: Marginal
+    m_t: Marginal
+    model: Callable[[Array, Array], Array]
+
+
+def step_context(
+    schedule: Any,
+    timesteps: np.ndarray,
+    step_index: Array,
+    dtype: Any,
+    denoise_fn: DenoiseFn,
+    cond: Any,
+    data: bool,
+    thresholding: DynamicThresholding | None,
+) -> StepContext:
+    """The grid, the step's two times with their marginals, and the model-output function."""
+    grid = jnp.asarray(timesteps, dtype)
+    s, t = grid[step_index], grid[step_index + 1]
+    return StepContext(
+        grid=grid,
+        s=s,
+        t=t,
+        m_s=marginal(schedule, s, dtype),
+        m_t=marginal(schedule, t, dtype),
+        model=model_output_fn(denoise_fn, cond, data, thresholding, dtype),
+    )
 
 
 def dispatch(
@@ -387,10 +425,9 @@ def dpm_solver_singlestep(
         del key  # deterministic
         x = state.x
         dtype = x.dtype
-        grid = jnp.asarray(ts, dtype)
-        s, t = grid[step_index], grid[step_index + 1]
-        m_s, m_t = marginal(schedule, s, dtype), marginal(schedule, t, dtype)
-        model = model_output_fn(denoise_fn, cond, data, thresholding, dtype)
+        _, s, _, m_s, m_t, model = step_context(
+            schedule, ts, step_index, dtype, denoise_fn, cond, data, thresholding
+        )
         d0 = model(x, s)
         scale, coef, u = exponential_step(data, m_s, m_t)
         h = m_t.lam - m_s.lam

@@ -55,6 +55,11 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return None
 
 
+def state_dtype(x: ArrayLike) -> Any:
+    """float32, or float64 for float64 input (never narrower than float32)."""
+    return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
+
+
 def check_denoised(out: Any, name: str = "denoise_fn") -> Any:
     """Returns ``out`` if it is a denoiser output (has ``eps`` and ``x0``), else raises.
 
@@ -143,7 +148,9 @@ def sample(
 ) -> Array | tuple[Array, Array]:
     """Runs a sampler with one ``lax.scan`` over its step indices.
 
-    The key for step ``i`` is ``jax.random.fold_in(key, i)``. The state is float32.
+    The key for step ``i`` is ``jax.random.fold_in(key, i)``. The state is float32 (or
+    float64 for a float64 ``x_T`` under ``jax_enable_x64``; never narrower than float32,
+    whatever the network's dtype).
     ``jax.vmap`` over ``key`` (and ``x_T``) works.
 
     Args:
@@ -164,7 +171,7 @@ def sample(
         raise TypeError(f"sampler.num_steps must be a static int, got {num_steps!r}")
     if num_steps < 1:
         raise ValueError(f"sampler.num_steps must be >= 1, got {num_steps}")
-    x_T = jnp.asarray(x_T, jnp.float32)
+    x_T = jnp.asarray(x_T, state_dtype(x_T))
     state = sampler.init(x_T)
     raw_fn = denoise_fn
 

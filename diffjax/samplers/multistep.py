@@ -41,10 +41,12 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.parameterization import DenoiseFn
 from diffjax.samplers.dpm_solver import (
@@ -56,19 +58,22 @@ from diffjax.samplers.dpm_solver import (
     check_dpm_grid,
     dispatch,
     exponential_step,
-    marginal,
-    model_output_fn,
     phi1,
     phi2,
     phi3,
-    state_dtype,
+    step_context,
 )
-from diffjax.samplers.driver import Sampler
+from diffjax.samplers.driver import Sampler, state_dtype
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = ["MultistepState", "dpm_solver_multistep", "multistep_orders"]
+__all__ = [
+    "MultistepState",
+    "check_multistep_order",
+    "dpm_solver_multistep",
+    "multistep_orders",
+]
 
 LOWER_ORDER_FINAL_STEPS = 15
 """With ``lower_order_final=None`` the final steps use lower orders below this many
@@ -110,6 +115,33 @@ def multistep_orders(
     if clean_target:
         orders[-1] = 1
     return tuple(orders)
+
+
+def check_multistep_order(
+    method: str, order: Any, supported: Sequence[int], num_steps: int
+) -> int:
+    """Validates a multistep solver's order against its method and step count.
+
+    Args:
+      method: the solver's name, for the message.
+      order: the requested order.
+      supported: the orders the method implements.
+      num_steps: ``len(timesteps) - 1``.
+
+    Returns:
+      ``order`` as an int.
+
+    Raises:
+      ValueError: for an unsupported order or ``num_steps < order``.
+    """
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or order not in supported:
+        raise ValueError(f"{method} supports order in {list(supported)}, got {order=!r}")
+    if num_steps < order:
+        raise ValueError(
+            f"num_steps={num_steps} (len(timesteps) - 1) is too small for {order=}: a "
+            "multistep solver needs num_steps >= order"
+        )
+    return int(order)
 
 
 def dpm_solver_multistep(
@@ -162,20 +194,13 @@ def dpm_solver_multistep(
     solver_type = _check_choice("solver_type", solver_type, DPM_SOLVER_TYPES)
     thresholding = _check_thresholding(thresholding, algorithm)
     sde = algorithm == "sde-dpmsolver++"
-    supported = (1, 2) if sde else (1, 2, 3)
-    if isinstance(order, bool) or order not in supported:
-        raise ValueError(
-            f"multistep {algorithm!r} supports order in {list(supported)}, got {order=!r}"
-        )
     if lower_order_final is not None and not isinstance(lower_order_final, bool):
         raise ValueError(f"lower_order_final must be a bool or None, got {lower_order_final=!r}")
     ts, clean = check_dpm_grid(schedule, timesteps, algorithm)
     num_steps = int(ts.shape[0] - 1)
-    if num_steps < order:
-        raise ValueError(
-            f"num_steps={num_steps} (len(timesteps) - 1) is too small for {order=}: a "
-            "multistep solver needs num_steps >= order"
-        )
+    order = check_multistep_order(
+        f"multistep {algorithm!r}", order, (1, 2) if sde else (1, 2, 3), num_steps
+    )
     if lower_order_final is None:
         lower_order_final = num_steps < LOWER_ORDER_FINAL_STEPS
     orders = multistep_orders(order, num_steps, lower_order_final, clean)
@@ -200,10 +225,9 @@ def dpm_solver_multistep(
     ) -> MultistepState:
         x = state.x
         dtype = x.dtype
-        grid = jnp.asarray(ts, dtype)
-        s, t = grid[step_index], grid[step_index + 1]
-        m_s, m_t = marginal(schedule, s, dtype), marginal(schedule, t, dtype)
-        model = model_output_fn(denoise_fn, cond, data, thresholding, dtype)
+        _, s, _, m_s, m_t, model = step_context(
+            schedule, ts, step_index, dtype, denoise_fn, cond, data, thresholding
+        )
         m0 = model(x, s)
         h = m_t.lam - m_s.lam
         scale, coef, u = exponential_step(data, m_s, m_t)
