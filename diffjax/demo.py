@@ -2,7 +2,10 @@
 
 The fidelity check is measured, not eyeballed: a small CNN trained on the real digits
 (held-out accuracy reported) classifies guided DDIM samples, and the report gives the
-fraction assigned to the requested class at several guidance scales.
+fraction assigned to the requested class at several guidance scales. The same
+classifier's penultimate features then give FID@N for a small Pareto sweep (samplers x
+NFE at one guidance scale): the report's table and plots show which sampler reaches a
+given quality with the fewest network evaluations and the least wall-clock.
 """
 
 from __future__ import annotations
@@ -20,32 +23,17 @@ import numpy as np
 from diffjax import builders, images
 from diffjax.config import apply_overrides, digits_config
 from diffjax.data import load_digits
+from diffjax.evaluate import EvalContext, load_evaluation_context, run_pareto_sweep
 from diffjax.generate import generate
-from diffjax.metrics.classifier import (
-    ClassifierParams,
-    accuracy,
-    class_agreement,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
-from diffjax.training import load_trained, train
+from diffjax.metrics.classifier import ClassifierParams, accuracy, class_agreement
+from diffjax.metrics.pareto import PARETO_COLUMNS, best_per_nfe, format_pareto_table
+from diffjax.training import train
 from diffjax.training.checkpoint import write_text_atomic
 
 DEFAULT_GUIDANCE_SCALES = (0.0, 1.0, 3.0)
-CLASSIFIER_FILE = "digits_classifier.msgpack"
-
-
-def fit_digits_classifier(workdir: str, *, seed: int = 0) -> tuple[ClassifierParams, float]:
-    """Trains (or reloads) the digits classifier; returns it and its held-out accuracy."""
-    path = os.path.join(workdir, CLASSIFIER_FILE)
-    if os.path.isfile(path):
-        clf = load_classifier(path, num_classes=10, image_shape=(8, 8, 1))
-    else:
-        clf = train_classifier(load_digits("train"), key=jax.random.key(seed))
-        os.makedirs(workdir, exist_ok=True)
-        save_classifier(path, clf)
-    return clf, accuracy(clf, load_digits("heldout"))
+DEFAULT_PARETO_SAMPLERS = ("ddim", "dpm++2m", "ddpm")
+DEFAULT_PARETO_NFES = (5, 10, 20, 50)
+PARETO_DIR = "pareto"
 
 
 def guidance_fidelity(
@@ -89,17 +77,25 @@ def run_demo(
     num_per_class: int = 50,
     num_sampling_steps: int = 50,
     seed: int = 0,
+    pareto_samplers: Sequence[str] = DEFAULT_PARETO_SAMPLERS,
+    pareto_nfes: Sequence[int] = DEFAULT_PARETO_NFES,
+    pareto_num_samples: int = 250,
 ) -> dict[str, Any]:
     """Runs the whole demo and writes ``report.json``, ``report.md`` and a sample grid.
 
     Args:
-      workdir: output folder; the model trains (or resumes) in ``workdir/model``.
+      workdir: output folder; the model trains (or resumes) in ``workdir/model`` and
+        the evaluation classifier and reference statistics are cached in
+        ``workdir/model/eval`` (shared with ``diffjax evaluate`` / ``diffjax pareto``).
       overrides: ``key=value`` config overrides on top of the digits config.
       variant: digits config variant ('' or 'tiny').
       guidance_scales: the scales of the fidelity table.
       num_per_class: samples per class for each scale.
       num_sampling_steps: DDIM steps.
       seed: sampling seed.
+      pareto_samplers: samplers of the Pareto sweep (empty: no sweep).
+      pareto_nfes: network-evaluation budgets of the sweep.
+      pareto_num_samples: N of the sweep's FID@N, at the config's guidance scale.
 
     Returns:
       The report as a dict.
@@ -111,10 +107,11 @@ def run_demo(
     train(config, model_dir)
     train_seconds = time.perf_counter() - start
 
-    clf, heldout_accuracy = fit_digits_classifier(workdir, seed=seed)
-    config, model, params, info = load_trained(model_dir)
-    image_shape = tuple(info["image_shape"])
-    schedule = builders.build_schedule(config.diffusion)
+    ctx = load_evaluation_context(model_dir, seed=seed)
+    clf = ctx.classifier
+    heldout_accuracy = accuracy(clf, load_digits("heldout"))
+    config, model, params, image_shape = ctx.config, ctx.model, ctx.params, ctx.image_shape
+    schedule = ctx.schedule
     grid_scale = float(config.sampling.guidance_scale)
     grid_labels = np.repeat(np.arange(model.num_classes), 10).astype(np.int32)
     grid = generate(
@@ -140,6 +137,13 @@ def run_demo(
         seed=seed,
     )
     sample_seconds = time.perf_counter() - start
+    pareto = None
+    if pareto_samplers:
+        pareto = demo_pareto(
+            ctx, os.path.join(workdir, PARETO_DIR),
+            samplers=pareto_samplers, nfes=pareto_nfes, guidance_scale=grid_scale,
+            num_samples=pareto_num_samples, seed=seed,
+        )
     report = {
         "train_steps": int(config.training.num_steps),
         "train_seconds": round(train_seconds, 1),
@@ -151,9 +155,48 @@ def run_demo(
         "grid": os.path.basename(grid_path),
         "devices": [str(d) for d in jax.devices()],
     }
+    if pareto is not None:
+        report["pareto"] = pareto
     write_text_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=2))
     write_text_atomic(os.path.join(workdir, "report.md"), format_report(report))
     return report
+
+
+def _plain(v: Any) -> Any:
+    """JSON-exact value: NaN to None, floats rounded to 6 significant digits."""
+    if isinstance(v, float):
+        return None if v != v else float(f"{v:.6g}")
+    return v
+
+
+def demo_pareto(
+    ctx: EvalContext,
+    out_dir: str,
+    *,
+    samplers: Sequence[str],
+    nfes: Sequence[int],
+    guidance_scale: float,
+    num_samples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Runs the demo's small Pareto sweep and returns its report section."""
+    start = time.perf_counter()
+    rows = run_pareto_sweep(
+        ctx, samplers=samplers, nfes=nfes, guidance_scales=[guidance_scale],
+        num_samples=num_samples, out_dir=out_dir, seed=seed, progress=False,
+    )
+    label = rows[0]["fid_label"] if rows else ""
+    return {
+        "fid_label": label,
+        "reference": ctx.reference_description,
+        "guidance_scale": guidance_scale,
+        "num_samples": int(num_samples),
+        "rows": [{c: _plain(r.get(c)) for c in PARETO_COLUMNS} for r in rows],
+        "best_per_nfe": [{k: _plain(v) for k, v in b.items()} for b in best_per_nfe(rows)],
+        "table": format_pareto_table(rows, label),
+        "plots": [f"{PARETO_DIR}/pareto_nfe.png", f"{PARETO_DIR}/pareto_seconds.png"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -178,5 +221,22 @@ def format_report(report: dict[str, Any]) -> str:
             "",
             f"![samples]({report['grid']})",
             "",
+            *_format_pareto(report.get("pareto")),
         ]
     )
+
+
+def _format_pareto(pareto: dict[str, Any] | None) -> list[str]:
+    if not pareto:
+        return []
+    return [
+        f"## Quality vs cost: {pareto['fid_label']}, guidance w = {pareto['guidance_scale']:g}",
+        "",
+        f"Reference: {pareto['reference']}. Lower is better. `*`: Pareto-optimal in "
+        "(NFE, FID); `+`: Pareto-optimal in (seconds per image, FID). Seconds are sampling "
+        f"wall-clock after compilation (sweep took {pareto['seconds']} s).",
+        "",
+        pareto["table"],
+        *(f"![pareto]({p})" for p in pareto["plots"]),
+        "",
+    ]
