@@ -513,11 +513,33 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 def init_clip_params(config: CLIPConfig, seed: int = 0) -> dict[str, Any]:
-    """Randomly initialized CLIP params (for benchmarks and smoke tests; jitted init)."""
-    ids = jnp.zeros((1, config.text.max_position_embeddings), jnp.int32)
-    pixels = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3))
-    init = jax.jit(CLIP(config).init)
-    return init(jax.random.key(seed), ids, pixels)["params"]
+    """Random CLIP params drawn with numpy (for benchmarks and smoke tests, no compilation).
+
+    Kernels, embeddings and the class token are ``N(0, 0.02^2)``; layer norm scales one;
+    biases zero; ``logit_scale`` its init value. Not transformers' init scheme: only for
+    timing and shapes, never for numbers.
+
+    Args:
+      config: The model configuration.
+      seed: Seed of ``np.random.default_rng``.
+
+    Returns:
+      The ``params`` pytree of :class:`CLIP` (float32 JAX arrays).
+    """
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in _param_shapes(config):
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == "scale":
+            value = np.ones(shape, np.float32)
+        elif leaf == "bias":
+            value = np.zeros(shape, np.float32)
+        elif leaf == "logit_scale":
+            value = np.full(shape, config.logit_scale_init_value, np.float32)
+        else:
+            value = 0.02 * rng.standard_normal(shape, dtype=np.float32)
+        flat[name] = jnp.asarray(value)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # --------------------------------------------------------------------------------------
@@ -887,7 +909,9 @@ def clip_text_features(
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings or an (N, L) id array, not a str.")
-    if isinstance(texts, Sequence) and all(isinstance(t, str) for t in texts) and texts:
+    if isinstance(texts, np.ndarray) and texts.dtype.kind in "UO":
+        texts = texts.tolist()
+    if isinstance(texts, list | tuple) and texts and all(isinstance(t, str) for t in texts):
         if tokenizer is None:
             raise ValueError(
                 "texts are strings: pass tokenizer=load_clip_tokenizer(...) or token ids."
