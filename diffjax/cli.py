@@ -1,4 +1,4 @@
-"""The ``diffjax`` command: ``train``, ``sample`` and ``demo``.
+"""The ``diffjax`` command: ``train``, ``sample``, ``demo``, ``evaluate`` and ``pareto``.
 
 Examples::
 
@@ -7,6 +7,8 @@ Examples::
   diffjax train --config experiments/configs/digits.py:tiny --workdir /tmp/t
       --config.training.num_steps=40
   diffjax sample --workdir workdirs/digits --guidance 3 --labels 0,1,2 --out samples.png
+  diffjax evaluate --workdir workdirs/digits --sampler dpm++2m --steps 20 --guidance 3
+  diffjax pareto --workdir workdirs/digits --samplers ddim,dpm++2m --nfe 5,10,20 --guidance 3
 """
 
 from __future__ import annotations

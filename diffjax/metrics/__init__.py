@@ -1,5 +1,8 @@
 """Sample-quality metrics: FID, KID, precision/recall, density/coverage, memorization.
 
+Feature extractors for them (the FID Inception and, offline, a classifier's penultimate
+layer), and the quality-vs-cost Pareto frontier with its plots.
+
 Also the FID InceptionV3 (Flax) and a small CNN classifier for class-fidelity checks, and
 CLIP (Flax, Hugging Face safetensors weights, offline tokenizer) for the CLIP score.
 """
@@ -9,6 +12,7 @@ from diffjax.metrics.classifier import (
     SmallCNN,
     accuracy,
     class_agreement,
+    classifier_features,
     classify,
     init_classifier,
     load_classifier,
@@ -30,6 +34,15 @@ from diffjax.metrics.clip import (
     preprocess_clip_images,
 )
 from diffjax.metrics.clip_tokenizer import CLIPTokenizer
+from diffjax.metrics.features import (
+    FeatureExtractor,
+    ReferenceSet,
+    check_images,
+    classifier_extractor,
+    inception_extractor,
+    load_or_compute_reference,
+    metric_label,
+)
 from diffjax.metrics.fid import (
     FeatureStatistics,
     compute_statistics,
@@ -65,6 +78,13 @@ from diffjax.metrics.memorization import (
     nn_distance_distribution,
     save_nearest_neighbor_gallery,
 )
+from diffjax.metrics.pareto import (
+    best_per_nfe,
+    format_pareto_table,
+    pareto_front,
+    plot_quality_vs_nfe,
+    plot_quality_vs_seconds,
+)
 from diffjax.metrics.prdc import (
     DensityCoverage,
     PrecisionRecall,
@@ -84,16 +104,22 @@ __all__ = [
     "ClassifierParams",
     "DensityCoverage",
     "FIDInceptionV3",
+    "FeatureExtractor",
     "FeatureStatistics",
     "KIDResult",
     "MemorizationReport",
     "NNDistanceDistribution",
     "NearestNeighbors",
     "PrecisionRecall",
+    "ReferenceSet",
     "SmallCNN",
     "accuracy",
+    "best_per_nfe",
     "carlini_ratio",
+    "check_images",
     "class_agreement",
+    "classifier_extractor",
+    "classifier_features",
     "classify",
     "clip_image_features",
     "clip_score",
@@ -104,9 +130,11 @@ __all__ = [
     "density_coverage",
     "fid_from_features",
     "fid_to_reference",
+    "format_pareto_table",
     "frechet_distance",
     "gu_ratio",
     "inception_apply",
+    "inception_extractor",
     "inception_features",
     "init_classifier",
     "init_statistics",
@@ -116,10 +144,15 @@ __all__ = [
     "load_clip",
     "load_clip_tokenizer",
     "load_inception_weights",
+    "load_or_compute_reference",
     "load_statistics",
     "memorization_report",
+    "metric_label",
     "nearest_neighbors",
     "nn_distance_distribution",
+    "pareto_front",
+    "plot_quality_vs_nfe",
+    "plot_quality_vs_seconds",
     "polynomial_mmd2_unbiased",
     "precision_recall",
     "predict",
