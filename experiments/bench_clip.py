@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -69,8 +70,7 @@ def main():
         print(text, flush=True)
         lines.append(text)
 
-    cmd = "$ python experiments/bench_clip.py" + (" --torch" if args.torch else "")
-    say(cmd + (f" --out {args.out}" if args.out else ""))
+    say("$ python experiments/bench_clip.py " + " ".join(sys.argv[1:]))
     say(f"# {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     say(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
