@@ -20,6 +20,7 @@ from diffjax.samplers.driver import (
     sample,
     transition_beta,
 )
+from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
 from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
 from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
@@ -31,6 +32,7 @@ __all__ = [
     "DDIMState",
     "DDPMState",
     "DynamicThresholding",
+    "EDMState",
     "MultistepState",
     "Sampler",
     "SinglestepState",
@@ -45,6 +47,9 @@ __all__ = [
     "dpm_solver_multistep",
     "dpm_solver_singlestep",
     "dynamic_threshold",
+    "edm_heun",
+    "edm_sigma_range",
+    "karras_sigmas",
     "multistep_orders",
     "sample",
     "transition_beta",

@@ -513,16 +513,15 @@ def dpm_solver_fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
     return (1,) * nfe
 
 
-def _default_t_start(schedule: Any) -> float:
-    if isinstance(schedule, DiscreteSchedule):
-        return schedule.t_max
-    return float(getattr(schedule, "t_max", 1.0))
+def sampling_time_range(schedule: Any) -> tuple[float, float]:
+    """``(t_start, t_end)``: a schedule's noisiest time and its smallest with ``sigma > 0``.
 
-
-def _default_t_end(schedule: Any) -> float:
+    ``(T - 1, 0)`` for a :class:`~diffjax.schedules.DiscreteSchedule` (``t = 0`` is
+    DPM-Solver's ``t = 1 / N``), ``(t_max, t_min)`` for a continuous one.
+    """
     if isinstance(schedule, DiscreteSchedule):
-        return 0.0  # sigma_min: DPM-Solver's t = 1 / N
-    return float(schedule.t_min)
+        return schedule.t_max, 0.0
+    return float(getattr(schedule, "t_max", 1.0)), float(schedule.t_min)
 
 
 def dpm_solver_fast_timesteps(
@@ -544,8 +543,9 @@ def dpm_solver_fast_timesteps(
       ValueError: if ``t_end`` is a clean point, or the grid is not decreasing.
     """
     num_steps = _check_int("num_steps", num_steps, 1)
-    t_start = _default_t_start(schedule) if t_start is None else float(t_start)
-    t_end = _default_t_end(schedule) if t_end is None else float(t_end)
+    default_start, default_end = sampling_time_range(schedule)
+    t_start = default_start if t_start is None else float(t_start)
+    t_end = default_end if t_end is None else float(t_end)
     if _sigma_is_zero(schedule, t_end):
         raise ValueError(
             f"t_end={t_end:g} has sigma = 0 (infinite log-SNR); a logSNR-uniform grid must "
