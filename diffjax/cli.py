@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Samples a trained workdir to a PNG grid and an .npz."""
-    from diffjax.generate import generate
+    from diffjax.generate import generate, parse_guidance_interval
     from diffjax.training import load_trained
 
     config, model, params, info = load_trained(args.workdir, args.step)
@@ -90,6 +90,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sampler=args.sampler,
         num_steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_rescale=args.guidance_rescale,
+        guidance_interval=parse_guidance_interval(args.guidance_interval),
         eta=args.eta,
         p_uncond=config.diffusion.p_uncond,
     )
@@ -238,9 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
-    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--steps", type=int, default=50,
+                        help="solver steps ('dpm-fast': network calls; 'edm-heun': Karras "
+                        "noise levels, 2 * steps - 1 calls)")
     sample.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale w (omit for none)")
+    sample.add_argument("--guidance-rescale", type=float, default=0.0,
+                        help="guidance rescale factor in [0, 1] (Lin et al. 2024)")
+    sample.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                        help="apply guidance only for model timesteps LO <= t <= HI")
     sample.add_argument("--eta", type=float, default=0.0)
     sample.add_argument("--labels", default=None, help="comma-separated class labels")
     sample.add_argument("--num-per-label", type=int, default=10)

@@ -1,8 +1,8 @@
 """Sampling from a trained UNet: pick a sampler by name, add guidance, run the scan.
 
-``generate`` is jitted once per (model, sampler, step count, batch shape); the
-guidance scale, eta, labels and key are traced arguments, so sweeping them never
-recompiles.
+``generate`` is jitted once per (model, sampler, step count, batch shape, guided or
+not); the guidance scale, guidance rescale, guidance interval, eta, labels and key are
+traced arguments, so sweeping them never recompiles.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from diffjax.samplers import (
     dpm_solver_fast,
     dpm_solver_multistep,
     dpm_solver_singlestep,
+    edm_heun,
+    edm_sigma_range,
+    karras_sigmas,
     sample,
+    unipc,
 )
 from diffjax.schedules import DiscreteSchedule, linspace_timesteps, trailing_timesteps
 
@@ -40,8 +44,30 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm2": ("singlestep", {"order": 2, "algorithm": "dpmsolver"}),
     "dpm3": ("singlestep", {"order": 3, "algorithm": "dpmsolver"}),
     "dpm-fast": ("fast", {"order": 3, "algorithm": "dpmsolver"}),
+    "unipc": ("unipc", {"order": 2}),
+    "edm-heun": ("edm", {}),
 }
 SAMPLER_NAMES = tuple(_SAMPLERS)
+
+
+def network_evaluations(name: str, num_steps: int) -> int:
+    """Network evaluations of ``make_sampler(name, schedule, num_steps)`` (static).
+
+    One per step for DDIM, DDPM and the multistep solvers (UniPC's corrector reuses the
+    next step's evaluation); ``k`` per order-``k`` singlestep step, except that a
+    data-prediction solver's last step onto ``t = -1`` is first order; ``num_steps``
+    itself for 'dpm-fast' (a budget); ``2 num_steps - 1`` for 'edm-heun' (Heun steps and
+    a final Euler step).
+    """
+    if name not in _SAMPLERS:
+        raise ValueError(f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}")
+    family, options = _SAMPLERS[name]
+    if family == "edm":
+        return 2 * num_steps - 1
+    if family == "singlestep":
+        clean_last = options["algorithm"] != "dpmsolver"
+        return options["order"] * num_steps - (options["order"] - 1) * clean_last
+    return num_steps
 
 
 def sampling_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
@@ -87,11 +113,16 @@ def make_sampler(
     """Builds a sampler by name (see ``SAMPLER_NAMES``).
 
     Grids: DDIM and DDPM use the trailing grid down to the clean point (t = -1); the
-    DPM-Solver family uses the linspace grid (DPM-Solver++ down to t = -1 with a
-    first-order last step, noise-prediction DPM-Solver down to t = 0). ``num_steps`` is
-    the number of solver steps (a singlestep order-k step costs k network calls), except
-    for 'dpm-fast', where it is the budget of network calls. ``clip_x0`` clips x0 for
-    DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++.
+    DPM-Solver family and UniPC use the linspace grid (DPM-Solver++ and UniPC down to
+    t = -1 with a first-order last step, as diffusers' ``final_sigmas_type='zero'``;
+    noise-prediction DPM-Solver down to t = 0). 'unipc' is UniPC with the second-order
+    predictor (bh2, data prediction: diffusers' defaults). 'edm-heun'
+    takes ``num_steps`` Karras noise levels (rho 7) over the schedule's range and then
+    sigma = 0. ``num_steps`` is the number of solver steps
+    (:func:`network_evaluations` gives the network calls), except for 'dpm-fast', where
+    it is the budget of network calls. ``eta`` is DDIM's. ``clip_x0`` clips x0 for
+    DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++ and
+    UniPC; 'edm-heun' does not clip (as in Karras et al.).
     """
     if name not in _SAMPLERS:
         raise ValueError(f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}")
@@ -103,15 +134,42 @@ def make_sampler(
         return ddpm(schedule, sampling_timesteps(T, num_steps), clip_x0=clip_x0, **options)
     if family == "fast":
         return dpm_solver_fast(schedule, num_steps, **options)
-    data_prediction = options["algorithm"] != "dpmsolver"
+    if family == "edm":
+        return edm_heun(schedule, karras_sigmas(num_steps, *edm_sigma_range(schedule)))
+    data_prediction = family == "unipc" or options["algorithm"] != "dpmsolver"
     timesteps = solver_timesteps(T, num_steps, clean_target=data_prediction)
     thresholding = (
         DynamicThresholding(ratio=0.995, max_value=clip_x0)
         if data_prediction and clip_x0 is not None
         else None
     )
-    build = dpm_solver_multistep if family == "multistep" else dpm_solver_singlestep
+    build = {
+        "multistep": dpm_solver_multistep,
+        "singlestep": dpm_solver_singlestep,
+        "unipc": unipc,
+    }[family]
     return build(schedule, timesteps, thresholding=thresholding, **options)
+
+
+def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
+    """Parses ``'LO,HI'`` (model timesteps) into ``(lo, hi)``; ``None`` stays ``None``.
+
+    Raises:
+      ValueError: naming ``--guidance-interval`` unless it is two numbers with
+        ``lo <= hi``.
+    """
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--guidance-interval={text!r} must be two comma-separated numbers LO,HI "
+            "(model timesteps)"
+        ) from None
+    if not lo <= hi:
+        raise ValueError(f"--guidance-interval={text!r} needs LO <= HI")
+    return lo, hi
 
 
 def check_guidance_supported(model: UNet, p_uncond: float) -> None:
@@ -177,6 +235,8 @@ def _generate(
     labels: jax.Array | None,
     key: jax.Array,
     guidance_scale: jax.Array,
+    guidance_rescale: jax.Array,
+    guidance_interval: jax.Array,
     eta: jax.Array,
     *,
     static_schedule: _StaticSchedule,
@@ -193,7 +253,12 @@ def _generate(
     denoise = builders.build_denoiser(model, params, schedule, prediction_type)
     if guided:
         denoise = classifier_free_guidance(
-            denoise, guidance_scale, jnp.full_like(labels, model.num_classes)
+            denoise,
+            guidance_scale,
+            jnp.full_like(labels, model.num_classes),
+            rescale=guidance_rescale,
+            interval=(guidance_interval[0], guidance_interval[1]),
+            schedule=schedule,
         )
     sampler = make_sampler(sampler_name, schedule, num_steps, eta=eta, clip_x0=clip_x0)
     noise_key, sample_key = jax.random.split(key)
@@ -214,6 +279,8 @@ def generate(
     sampler: str = "ddim",
     num_steps: int = 50,
     guidance_scale: float | None = None,
+    guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     eta: float = 0.0,
     clip_x0: float | None = 1.0,
     p_uncond: float = 0.1,
@@ -229,12 +296,17 @@ def generate(
       key: PRNG key for x_T and any sampler noise.
       labels: class labels (B,) for a conditional model.
       num_samples: batch size of an unconditional model (ignored when labels given).
-      sampler: 'ddim', 'ddpm' or 'ddpm_beta'.
+      sampler: one of ``SAMPLER_NAMES`` (see :func:`make_sampler`).
       num_steps: number of denoising steps (static; sets the compiled loop length).
       guidance_scale: classifier-free guidance weight w; guided eps =
         (1 + w) eps_cond - w eps_uncond. None runs the conditional model alone (one
         network call per step); any number, 0 included, runs the batched guided path,
         and changing it does not recompile.
+      guidance_rescale: guidance rescale factor in [0, 1] (Lin et al. 2024; 0 is plain
+        guidance); needs ``guidance_scale``. Traced: changing it does not recompile.
+      guidance_interval: ``(t_lo, t_hi)`` in model timesteps: guidance applies only
+        where ``t_lo <= t <= t_hi`` (Kynkaanniemi et al. 2024), the conditional model
+        elsewhere; needs ``guidance_scale``. Traced (None is the whole range).
       eta: DDIM stochasticity (0 = deterministic).
       clip_x0: clip the predicted x0 to [-c, c]; None to disable.
       p_uncond: the conditioning dropout the model was trained with (for the check).
@@ -246,6 +318,16 @@ def generate(
     guided = guidance_scale is not None
     if guided:
         check_guidance_supported(model, p_uncond)
+    elif guidance_rescale != 0.0 or guidance_interval is not None:
+        raise ValueError(
+            "guidance_rescale and guidance_interval refine classifier-free guidance; "
+            "give a guidance_scale too"
+        )
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale=}")
+    lo, hi = (-np.inf, np.inf) if guidance_interval is None else guidance_interval
+    if not lo <= hi:
+        raise ValueError(f"guidance_interval must have t_lo <= t_hi, got {guidance_interval=}")
     if labels is not None:
         batch_size = len(labels)
     elif num_samples is None or num_samples < 1:
@@ -257,6 +339,8 @@ def generate(
         None if labels is None else jnp.asarray(labels),
         key,
         jnp.float32(0.0 if guidance_scale is None else guidance_scale),
+        jnp.float32(guidance_rescale),
+        jnp.asarray([lo, hi], jnp.float32),
         jnp.float32(eta),
         static_schedule=_StaticSchedule(schedule),
         model=model,

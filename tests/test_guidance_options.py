@@ -1,6 +1,7 @@
 """Tests for the guidance-rescale and guidance-interval options of classifier_free_guidance."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +145,72 @@ def test_option_validation():
                 ).eps
             )
         )(0.5)
+
+
+class _ToyClassNet(nn.Module):
+    """A class-conditional eps network with a null class, cheap to compile."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, t, labels, train=False):
+        scale = nn.Embed(self.num_classes + 1, 1)(labels)[:, None, None, :]
+        return jnp.tanh(x * (1.0 + scale) + (t / 1000.0)[:, None, None, None])
+
+
+def test_generate_wires_rescale_and_interval_without_recompiling():
+    """generate(): guidance rescale and interval are traced arguments of the one compiled
+    sampler; an interval that excludes every step is the conditional model (w = 0), the
+    full interval is plain guidance, and rescale changes the samples."""
+    from diffjax.generate import _generate, generate
+
+    model = _ToyClassNet(num_classes=3)  # any Linen module with the UNet's call signature
+    params = model.init(
+        {"params": jax.random.key(0)},
+        jnp.zeros((1, 4, 4, 1)),
+        jnp.zeros((1,)),
+        jnp.zeros((1,), jnp.int32),
+        train=False,
+    )["params"]
+    common = dict(
+        prediction_type="eps", image_shape=(4, 4, 1), key=jax.random.key(1), labels=[0, 2],
+        sampler="unipc", num_steps=3, clip_x0=None,
+    )
+    run = lambda **kw: np.asarray(generate(model, params, SCHED, **common, **kw))  # noqa: E731
+    before = _generate._cache_size()
+    plain = run(guidance_scale=3.0)
+    outs = {
+        "conditional": run(guidance_scale=0.0, guidance_interval=(0.0, 999.0)),
+        "outside": run(guidance_scale=3.0, guidance_interval=(2000.0, 3000.0)),
+        "full": run(guidance_scale=3.0, guidance_interval=(-1.0, 999.0)),
+        "rescaled": run(guidance_scale=3.0, guidance_rescale=0.7),
+    }
+    assert _generate._cache_size() == before + 1
+    np.testing.assert_allclose(outs["outside"], outs["conditional"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(outs["full"], plain, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(outs["rescaled"], plain, atol=1e-4)
+    assert not np.allclose(plain, outs["conditional"], atol=1e-4)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        run(guidance_rescale=0.5)
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        run(guidance_scale=1.0, guidance_rescale=1.5)
+    with pytest.raises(ValueError, match="t_lo <= t_hi"):
+        run(guidance_scale=1.0, guidance_interval=(5.0, 1.0))
+
+
+def test_cli_guidance_flags_parse():
+    from diffjax.cli import build_parser
+    from diffjax.generate import parse_guidance_interval
+
+    args = build_parser().parse_args(
+        ["sample", "--workdir", "w", "--sampler", "edm-heun", "--guidance", "2",
+         "--guidance-rescale", "0.7", "--guidance-interval", "100,800"]
+    )
+    assert args.guidance_rescale == 0.7 and args.sampler == "edm-heun"
+    assert parse_guidance_interval(args.guidance_interval) == (100.0, 800.0)
+    assert parse_guidance_interval(None) is None
+    for bad in ("100", "a,b", "1,2,3"):
+        with pytest.raises(ValueError, match="--guidance-interval"):
+            parse_guidance_interval(bad)
+    with pytest.raises(ValueError, match="LO <= HI"):
+        parse_guidance_interval("800,100")
