@@ -127,6 +127,49 @@ def digits_config(variant: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+def variant_flags(variant: str, known: Sequence[str]) -> set[str]:
+    """Splits a config variant such as ``'tfds,tiny'`` into its flags, checking each.
+
+    Raises:
+      ValueError: a flag not in ``known`` (the message lists the known ones).
+    """
+    flags = {flag.strip() for flag in variant.split(",") if flag.strip()}
+    unknown = sorted(flags - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config variant {', '.join(map(repr, unknown))}; known: "
+            f"{', '.join(map(repr, known))} (combine them with commas)"
+        )
+    return flags
+
+
+def make_tiny(config: ml_collections.ConfigDict, image_size: int = 0) -> ml_collections.ConfigDict:
+    """Shrinks a config in place to a seconds-long local run on the same data and diffusion.
+
+    The UNet becomes one level of 8 channels with one residual block, no attention and
+    no dropout (cheap to compile); the run is 8 steps of batch 8 with a checkpoint every
+    4. ``image_size`` (TFDS data) also shrinks the images.
+    """
+    config.model.base_channels = 8
+    config.model.channel_mults = (1,)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = ()
+    config.model.dropout = 0.0
+    config.model.num_heads = 1
+    config.optim.warmup_steps = 2
+    config.training.batch_size = 8
+    config.training.num_steps = 8
+    config.training.ema_decay = 0.99
+    config.training.log_every = 2
+    config.training.checkpoint_every = 4
+    config.data.num_threads = 2
+    config.data.prefetch_batches = 2
+    config.sampling.num_steps = 10
+    if image_size:
+        config.data.image_size = image_size
+    return config
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads ``get_config()`` from a config file; ``file.py:variant`` passes a variant.
 

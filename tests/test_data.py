@@ -9,13 +9,16 @@ from diffjax.data import (
     DATASET_NAMES,
     ImageDataset,
     batch_indices,
+    in_memory_source,
     iterate_batches,
     load_dataset,
     load_digits,
     load_fashion_mnist,
+    load_source,
     make_dataset,
     read_idx,
     steps_per_epoch,
+    training_batches,
     validate_dataset,
     validate_images,
     validate_labels,
@@ -376,3 +379,34 @@ def test_batching_errors():
     ds = load_digits("heldout")
     with pytest.raises(ValueError, match="batch_size must be <= num_examples"):
         iterate_batches(ds, 1000, seed=0)  # raised eagerly, not on first next()
+
+
+# ----------------------------------------------------------------------------- grain pipeline
+
+
+def test_in_memory_sets_go_through_the_same_pipeline(tmp_path):
+    raw = _write_fashion(tmp_path, n_train=6, n_test=4)
+    source = load_source("fashion_mnist", path=str(tmp_path))
+    assert source.image_shape == (28, 28, 1) and source.num_classes == 10
+    batches = training_batches(source, 3, seed=0)
+    seen = np.concatenate([batches[s]["label"] for s in range(2)])  # one epoch of 6
+    np.testing.assert_array_equal(np.sort(seen), np.sort(raw["train"][1]))
+    pixels = raw["train"][0] / 127.5 - 1
+    for image, label in zip(batches[0]["image"], batches[0]["label"], strict=True):
+        (match,) = [i for i in range(6) if np.allclose(image[..., 0], pixels[i], atol=1e-6)]
+        assert label == raw["train"][1][match]
+    with pytest.raises(ValueError, match="data.image_size=32 applies to TFDS datasets only"):
+        load_source("digits", image_size=32)
+
+
+def test_local_batch_is_the_pipeline_batch_of_the_step():
+    from diffjax.training.loop import local_batch
+
+    digits = load_digits("train")
+    batches = training_batches(in_memory_source(digits), 64, seed=7)
+    for step in (0, 21, 22, 50):  # 22 batches of 64 per epoch of 1438
+        expected = batches[step]
+        got = local_batch(digits, step, 64, 7, conditional=True)
+        np.testing.assert_array_equal(got["image"], expected["image"])
+        np.testing.assert_array_equal(got["label"], expected["label"])
+    assert set(local_batch(digits, 0, 64, 7, conditional=False)) == {"image"}

@@ -20,6 +20,7 @@ __all__ = [
     "iterate_batches",
     "make_dataset",
     "steps_per_epoch",
+    "uint8_to_unit_range",
     "validate_dataset",
     "validate_images",
     "validate_labels",
@@ -145,6 +146,11 @@ def validate_labels(labels: Any, num_classes: int, n: int, *, name: str = "label
                 f"observed min {lo} and max {hi}."
             )
     return arr
+
+
+def uint8_to_unit_range(pixels: np.ndarray) -> np.ndarray:
+    """Maps uint8 pixels ``0..255`` to float32 ``x / 127.5 - 1`` in ``[-1, 1]``."""
+    return np.asarray(pixels, np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def make_dataset(images: Any, labels: Any, *, num_classes: int, name: str) -> ImageDataset:

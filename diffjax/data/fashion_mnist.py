@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffjax.data.dataset import ImageDataset, make_dataset
+from diffjax.data.dataset import ImageDataset, make_dataset, uint8_to_unit_range
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
@@ -170,7 +170,7 @@ def load_fashion_mnist(
     loaded = [_load_split(directory, source, p) for p in parts]
     raw_images = loaded[0][0] if len(loaded) == 1 else np.concatenate([x for x, _ in loaded])
     raw_labels = loaded[0][1] if len(loaded) == 1 else np.concatenate([y for _, y in loaded])
-    images = raw_images.astype(np.float32)[..., None] / np.float32(127.5) - np.float32(1.0)
+    images = uint8_to_unit_range(raw_images)[..., None]
     return make_dataset(
         images,
         raw_labels.astype(np.int32),

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from diffjax.data.pipeline import Example, ImageSource, uint8_to_unit_range
+from diffjax.data.dataset import uint8_to_unit_range
+from diffjax.data.pipeline import Example, ImageSource
 
 __all__ = [
     "TFDS_DATASETS",

@@ -1,7 +1,11 @@
 """Class-conditional DDPM on scikit-learn's bundled 8x8 digits (the `diffjax demo` model).
 
-Launch:
+Launch, one host:
   diffjax train --config experiments/configs/digits.py --workdir workdirs/digits
+Launch, several hosts (a 1,438-image set needs none, but the command is the same as for
+the big configs): run it on every host with a workdir all hosts see, adding
+--distributed-auto on a TPU pod or SLURM, or --coordinator-address=HOST0:8476
+--num-processes=N --process-id=i elsewhere.
 Tiny local variant (seconds, for smoke tests):
   diffjax train --config experiments/configs/digits.py:tiny --workdir /tmp/digits_tiny
 
