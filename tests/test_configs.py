@@ -219,3 +219,14 @@ def test_tiny_cifar10_run_and_its_resume_equal_bit_for_bit(tiny_runs):
     # the restart.
     assert resume["iterator_straight"] == {"2": 2, "4": 4}
     assert resume["iterator_resumed"] == {"2": 2, "4": 4}
+
+
+def test_resuming_with_another_dataset_is_a_checkpoint_mismatch():
+    cifar = config_lib.load_config(config_path("cifar10_ddpm"))
+    other = config_lib.load_config(config_path("cifar10_ddpm"))
+    other.data.name = "tfds:celeb_a"
+    other.data.random_flip = False  # how the data is read may change on resume
+    other.data.num_threads = 1
+    assert config_lib.checkpoint_mismatches(cifar, other) == [
+        "data.name: checkpoint has 'tfds:cifar10', config has 'tfds:celeb_a'"
+    ]
