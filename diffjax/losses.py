@@ -11,6 +11,7 @@ Everything here is a pure function of arrays and a PRNG key.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -119,7 +120,11 @@ def diffusion_loss(
       schedule: a discrete VP schedule (``alpha``, ``sigma``, ``num_timesteps``).
       x0: clean images (B, H, W, C) in [-1, 1].
       labels: int labels (B,) or None for an unconditional model.
-      key: PRNG key; split here into timestep, noise, label-dropout and dropout keys.
+      key: one PRNG key, split here into timestep, noise, label-dropout and dropout keys;
+        or one key per example, shape (B,): example ``i`` then draws its timestep, noise
+        and label dropout from ``key[i]`` exactly as a batch of one with that key would,
+        so the loss does not depend on how a batch is split into parts. The network's
+        dropout (if any) still draws once for the batch, from ``key[0]``.
       prediction_type: what the network predicts: 'eps', 'x0' or 'v'.
       weighting: 'uniform' (plain MSE on the target) or 'min_snr'.
       min_snr_gamma: gamma of the Min-SNR weighting.
@@ -130,25 +135,44 @@ def diffusion_loss(
       (scalar loss, LossAux with the unweighted per-example MSE and the timesteps).
     """
     check_loss_options(prediction_type, weighting, min_snr_gamma, p_uncond)
-    t_key, noise_key, drop_key, dropout_key = jax.random.split(key, 4)
+    if labels is not None and p_uncond > 0 and null_label is None:
+        raise ValueError("p_uncond > 0 needs null_label (a model with a null class)")
     x0 = x0.astype(jnp.float32)
     batch = x0.shape[0]
-    timesteps = sample_timesteps(t_key, batch, schedule.num_timesteps)
+    if key.shape == ():
+        timesteps, eps, drop, dropout_key = _draw(key, x0.shape, schedule.num_timesteps, p_uncond)
+    elif key.shape == (batch,):
+        draw = functools.partial(
+            _draw, shape=(1, *x0.shape[1:]), num_timesteps=schedule.num_timesteps, p_uncond=p_uncond
+        )
+        timesteps, eps, drop, _ = jax.vmap(draw)(key)
+        timesteps, eps, drop = timesteps[:, 0], eps[:, 0], drop[:, 0]
+        dropout_key = jax.random.split(key[0], 4)[3]
+    else:
+        raise ValueError(f"key must be one key or one per example ({batch},), got {key.shape}")
     t = timesteps.astype(jnp.float32)
-    eps = jax.random.normal(noise_key, x0.shape, jnp.float32)
     alpha = _expand(schedule.alpha(t), x0)
     sigma = _expand(schedule.sigma(t), x0)
     x_t = alpha * x0 + sigma * eps
     if labels is not None and p_uncond > 0:
-        if null_label is None:
-            raise ValueError("p_uncond > 0 needs null_label (a model with a null class)")
-        labels = drop_labels(drop_key, labels, p_uncond, null_label)
+        labels = jnp.where(drop, jnp.int32(null_label), labels.astype(jnp.int32))
     prediction = model_fn(x_t, t, labels, dropout_key).astype(jnp.float32)
     target = training_target(prediction_type, x0, eps, alpha, sigma)
     mse = jnp.mean(jnp.square(prediction - target), axis=tuple(range(1, x0.ndim)))
     snr = jnp.square(schedule.alpha(t) / schedule.sigma(t))
     weights = loss_weight(snr, prediction_type, weighting, min_snr_gamma)
     return jnp.mean(weights * mse), LossAux(mse=mse, timesteps=timesteps)
+
+
+def _draw(
+    key: Array, shape: tuple[int, ...], num_timesteps: int, p_uncond: float
+) -> tuple[Array, Array, Array, Array]:
+    """Timesteps, noise and label-dropout flags for a batch of ``shape``, and a dropout key."""
+    t_key, noise_key, drop_key, dropout_key = jax.random.split(key, 4)
+    timesteps = sample_timesteps(t_key, shape[0], num_timesteps)
+    eps = jax.random.normal(noise_key, shape, jnp.float32)
+    drop = jax.random.bernoulli(drop_key, p_uncond, shape[:1])
+    return timesteps, eps, drop, dropout_key
 
 
 def _expand(per_example: Array, like: Array) -> Array:

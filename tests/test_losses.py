@@ -108,3 +108,34 @@ def test_p_uncond_without_null_label_is_an_error():
             lambda x, t, y, k: x, schedule, jnp.zeros((2, 2, 2, 1)), jnp.zeros(2, jnp.int32),
             jax.random.key(0), p_uncond=0.1,
         )
+
+
+def test_per_example_keys_make_the_loss_independent_of_the_batch_split():
+    schedule = make_schedule("linear", 1000)
+    rng = np.random.default_rng(0)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (6, 4, 4, 2)), jnp.float32)
+    labels = jnp.arange(6, dtype=jnp.int32) % 3
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(7), jnp.arange(6))
+    seen = []
+
+    def model_fn(x, t, labels, dropout_key):
+        seen.append(labels)
+        return 0.5 * x + 1e-3 * t[:, None, None, None] + 0.1 * labels[:, None, None, None]
+
+    kw = dict(prediction_type="v", weighting="min_snr", p_uncond=0.5, null_label=3)
+    whole, aux = losses.diffusion_loss(model_fn, schedule, x0, labels, keys, **kw)
+    halves = [losses.diffusion_loss(model_fn, schedule, x0[s], labels[s], keys[s], **kw)[0]
+              for s in (slice(0, 3), slice(3, 6))]
+
+    def one(x, label, key):
+        return losses.diffusion_loss(model_fn, schedule, x[None], label[None], key[None], **kw)
+    singles, single_aux = jax.vmap(one)(x0, labels, keys)
+
+    chex.assert_trees_all_close(whole, (halves[0] + halves[1]) / 2, rtol=1e-6)
+    chex.assert_trees_all_close(whole, jnp.mean(singles), rtol=1e-6)
+    np.testing.assert_array_equal(aux.timesteps, single_aux.timesteps[:, 0])
+    # Different keys per example: the timesteps are not all the same, some labels dropped.
+    assert len(set(np.asarray(aux.timesteps).tolist())) > 1
+    assert 3 in np.asarray(seen[0]).tolist()
+    with pytest.raises(ValueError, match=r"one per example \(6,\)"):
+        losses.diffusion_loss(model_fn, schedule, x0, labels, keys[:5], **kw)

@@ -2,8 +2,10 @@
 
 Randomness is drawn per example: example ``i`` of the global batch at step ``n`` uses the
 key ``fold_in(fold_in(key, n), i)`` for its timestep, noise, label dropout and network
-dropout. The loss of a batch is then the mean of per-example losses that do not depend
-on how the batch is split, so the same global batch gives the same update (to float
+dropout (a model without dropout runs the network on the whole batch at once; one with
+dropout runs it per example, as the dropout masks must be per example too). The loss of
+a batch is then the mean of per-example losses that do not depend on how the batch is
+split, so the same global batch gives the same update (to float
 rounding) on one device or many, and with or without gradient accumulation.
 """
 
@@ -111,7 +113,9 @@ def make_train_step(
         diffusion.prediction_type, diffusion.loss_weighting, diffusion.min_snr_gamma, p_uncond
     )
 
-    def example_loss(params: Any, image: jax.Array, label: Any, key: jax.Array) -> jax.Array:
+    def keyed_loss(params: Any, images: jax.Array, labels: Any, keys: jax.Array) -> jax.Array:
+        """Mean loss of a batch whose example ``i`` draws from ``keys[i]``."""
+
         def model_fn(x, t, labels, dropout_key):
             return model.apply(
                 {"params": params}, x, t, labels, train=True, rngs={"dropout": dropout_key}
@@ -120,9 +124,9 @@ def make_train_step(
         loss, _ = diffusion_loss(
             model_fn,
             schedule,
-            image[None],
-            None if label is None else label[None],
-            key,
+            images,
+            labels,
+            keys,
             prediction_type=diffusion.prediction_type,
             weighting=diffusion.loss_weighting,
             min_snr_gamma=diffusion.min_snr_gamma,
@@ -133,11 +137,18 @@ def make_train_step(
 
     def batch_loss(params: Any, examples: tuple[jax.Array, Any, jax.Array]) -> jax.Array:
         images, labels, keys = examples
+        if not model.dropout:
+            # No randomness inside the network: one batched forward pass.
+            return keyed_loss(params, images, labels, keys)
+
+        # Network dropout draws per example too, so the network runs on batches of one
+        # (vmapped; about 20% slower on XLA:CPU than the batched pass).
+        def example_loss(image: jax.Array, label: Any, key: jax.Array) -> jax.Array:
+            label = None if label is None else label[None]
+            return keyed_loss(params, image[None], label, key[None])
+
         label_axis = None if labels is None else 0
-        losses = jax.vmap(example_loss, in_axes=(None, 0, label_axis, 0))(
-            params, images, labels, keys
-        )
-        return jnp.mean(losses)
+        return jnp.mean(jax.vmap(example_loss, in_axes=(0, label_axis, 0))(images, labels, keys))
 
     grad_fn = jax.value_and_grad(batch_loss)
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
