@@ -1,5 +1,6 @@
 """Tests for diffjax.samplers: DDIM / DDPM ancestral and the lax.scan driver."""
 
+import functools
 import itertools
 import re
 
@@ -11,11 +12,13 @@ import pytest
 from harness import (
     KEY,
     LINEAR,
+    LinearVP64,
     T,
     gaussian_eps_model,
     gaussian_w2,
     harness_model,
     harness_sample,
+    run_eager,
 )
 
 from diffjax import schedules as S
@@ -436,3 +439,57 @@ def test_network_evaluations_of_every_named_sampler():
         for i in range(sampler.num_steps):
             state = sampler.step(den, state, jnp.int32(i), KEY, None)
         assert len(calls) == network_evaluations(name, 4), name
+
+
+def test_every_deterministic_solver_converges_to_the_same_ode_solution():
+    """On a 2-D three-component Gaussian mixture with the exact score (float64,
+    continuous linear VP schedule, t = 1 to t_min), every deterministic solver's output
+    from the same x_T approaches the converged ODE solution (UniPC-3, 500 steps; it
+    agrees with DPM-Solver++(3M) at 500 steps to 2e-6) as the network budget grows from
+    8 to 32 evaluations: RMS error down by more than 3x (measured 4.1x for DDIM, 9x to
+    107x for the higher-order solvers) and below 0.1 at 32 (0.002 to 0.072)."""
+    from diffjax.samplers import (
+        dpm_solver_fast,
+        dpm_solver_fast_timesteps,
+        dpm_solver_multistep,
+        dpm_solver_singlestep,
+        edm_heun,
+        edm_sigma_range,
+        karras_sigmas,
+        unipc,
+    )
+    from diffjax.samplers.analytic import GaussianMixture
+
+    with jax.enable_x64(True):
+        sched = LinearVP64()
+        mixture = GaussianMixture.create(
+            [0.5, 0.3, 0.2],
+            [[1.5, 0.0], [-1.0, 1.0], [-0.5, -1.5]],
+            [np.eye(2) * 0.1, [[0.3, 0.1], [0.1, 0.2]], np.eye(2) * 0.15],
+        )
+        den = jax.jit(mixture.denoiser(sched))
+        x_T = jax.random.normal(jax.random.key(0), (16, 2), jnp.float64)
+        grid = functools.partial(dpm_solver_fast_timesteps, sched)
+        sigma_range = edm_sigma_range(sched)
+        solvers = {  # name: sampler for a budget of n network evaluations
+            "ddim": lambda n: ddim(sched, grid(n)),
+            "dpm2": lambda n: dpm_solver_singlestep(sched, grid(n // 2), 2, algorithm="dpmsolver"),
+            "dpm++2s": lambda n: dpm_solver_singlestep(sched, grid(n // 2), 2),
+            "dpm3": lambda n: dpm_solver_singlestep(sched, grid(n // 3), 3, algorithm="dpmsolver"),
+            "dpm-fast": lambda n: dpm_solver_fast(sched, n),
+            "dpm-2m": lambda n: dpm_solver_multistep(sched, grid(n), 2, algorithm="dpmsolver"),
+            "dpm++2m": lambda n: dpm_solver_multistep(sched, grid(n), 2),
+            "dpm++3m": lambda n: dpm_solver_multistep(sched, grid(n), 3),
+            "unipc": lambda n: unipc(sched, grid(n), 2),
+            "unipc-3": lambda n: unipc(sched, grid(n), 3),
+            # n / 2 Heun steps between Karras levels, ending at sigma_min like the others.
+            "edm-heun": lambda n: edm_heun(sched, karras_sigmas(n // 2 + 1, *sigma_range)[:-1]),
+        }
+        reference = unipc(sched, grid(500), 3, lower_order_final=False)
+        x_ref = jax.jit(lambda x: sample(reference, den, x, KEY))(x_T)
+        for name, build in solvers.items():
+            errors = [
+                float(jnp.sqrt(jnp.mean(jnp.sum((run_eager(build(n), den, x_T) - x_ref) ** 2, -1))))
+                for n in (8, 32)
+            ]
+            assert errors[1] < errors[0] / 3 and errors[1] < 0.1, (name, errors)

@@ -26,11 +26,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.ddim import _check_clip
-from diffjax.samplers.driver import Sampler, check_timesteps, transition_beta
+from diffjax.samplers.ddim import _check_clip, denoise_at_step
+from diffjax.samplers.driver import Sampler, check_timesteps, state_dtype, transition_beta
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -72,19 +71,17 @@ def ddpm(
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown {variance=!r}; expected one of {list(DDPM_VARIANCES)}")
     clip_x0 = _check_clip(clip_x0)
-    ts_f32 = np.asarray(ts, np.float32)
 
     def init(x_T: ArrayLike) -> DDPMState:
-        return DDPMState(x=jnp.asarray(x_T, jnp.float32))
+        return DDPMState(x=jnp.asarray(x_T, state_dtype(x_T)))
 
     def step(
         denoise_fn: DenoiseFn, state: DDPMState, step_index: Array, key: Array, cond: Any
     ) -> DDPMState:
-        grid = jnp.asarray(ts_f32)
-        t, t_prev = grid[step_index], grid[step_index + 1]
-        x0 = jnp.asarray(denoise_fn(state.x, t, cond).x0, jnp.float32)
-        if clip_x0 is not None:
-            x0 = jnp.clip(x0, -clip_x0, clip_x0)
+        dtype = state.x.dtype
+        t, t_prev, (_, x0) = denoise_at_step(
+            denoise_fn, state.x, ts, step_index, cond, clip_x0
+        )
         alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)
         alpha_p, sigma_p = schedule.alpha(t_prev), schedule.sigma(t_prev)
         ratio = alpha_t / alpha_p  # sqrt(1 - beta)
@@ -92,8 +89,8 @@ def ddpm(
         mean = (alpha_p * beta / sigma_t**2) * x0 + (ratio * sigma_p**2 / sigma_t**2) * state.x
         var = beta * sigma_p**2 / sigma_t**2 if variance == "beta_tilde" else beta
         var = jnp.where(sigma_p > 0.0, var, 0.0)
-        noise = jax.random.normal(key, x0.shape, jnp.float32)
-        return DDPMState(x=(mean + jnp.sqrt(var) * noise).astype(jnp.float32))
+        noise = jax.random.normal(key, x0.shape, dtype)
+        return DDPMState(x=(mean + jnp.sqrt(var) * noise).astype(dtype))
 
     def finalize(state: DDPMState) -> Array:
         return state.x

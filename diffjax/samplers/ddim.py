@@ -23,8 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.driver import Sampler, check_timesteps, concrete_value, transition_beta
+from diffjax.parameterization import Denoised, DenoiseFn
+from diffjax.samplers.driver import (
+    Sampler,
+    check_nonnegative_scalar,
+    check_timesteps,
+    state_dtype,
+    transition_beta,
+)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -44,6 +50,30 @@ def _check_clip(clip_x0: float | None) -> float | None:
     if not float(clip_x0) > 0.0:
         raise ValueError(f"clip_x0 must be positive or None, got {clip_x0=}")
     return float(clip_x0)
+
+
+def denoise_at_step(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    timesteps: np.ndarray,
+    step_index: Array,
+    cond: Any,
+    clip_x0: float | None,
+) -> tuple[Array, Array, Denoised]:
+    """The step's times and the denoiser's output, shared by DDIM and DDPM.
+
+    Returns:
+      ``(t, t_prev, Denoised(eps, x0))`` with ``t = timesteps[i]``,
+      ``t_prev = timesteps[i + 1]``, the outputs in ``x``'s dtype and ``x0`` clipped to
+      ``[-clip_x0, clip_x0]`` when ``clip_x0`` is set (``eps`` as the network gave it).
+    """
+    grid = jnp.asarray(timesteps, x.dtype)
+    t, t_prev = grid[step_index], grid[step_index + 1]
+    out = denoise_fn(x, t, cond)
+    x0 = jnp.asarray(out.x0, x.dtype)
+    if clip_x0 is not None:
+        x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    return t, t_prev, Denoised(eps=jnp.asarray(out.eps, x.dtype), x0=x0)
 
 
 def ddim(
@@ -78,41 +108,30 @@ def ddim(
     """
     ts = check_timesteps(schedule, timesteps)
     clip_x0 = _check_clip(clip_x0)
-    eta_value = concrete_value(eta)
-    if eta_value is not None:
-        if eta_value.ndim != 0:
-            raise ValueError(f"eta must be a scalar, got shape {eta_value.shape}")
-        if not eta_value >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta=}")
-    deterministic = eta_value is not None and float(eta_value) == 0.0
-    ts_f32 = np.asarray(ts, np.float32)
+    deterministic = check_nonnegative_scalar("eta", eta)
 
     def init(x_T: ArrayLike) -> DDIMState:
-        return DDIMState(x=jnp.asarray(x_T, jnp.float32))
+        return DDIMState(x=jnp.asarray(x_T, state_dtype(x_T)))
 
     def step(
         denoise_fn: DenoiseFn, state: DDIMState, step_index: Array, key: Array, cond: Any
     ) -> DDIMState:
-        grid = jnp.asarray(ts_f32)
-        t, t_prev = grid[step_index], grid[step_index + 1]
-        out = denoise_fn(state.x, t, cond)
-        eps = jnp.asarray(out.eps, jnp.float32)
-        x0 = jnp.asarray(out.x0, jnp.float32)
-        if clip_x0 is not None:
-            x0 = jnp.clip(x0, -clip_x0, clip_x0)
-            if recompute_eps_after_clip:
-                eps = (state.x - schedule.alpha(t) * x0) / schedule.sigma(t)
+        dtype = state.x.dtype
+        t, t_prev, out = denoise_at_step(denoise_fn, state.x, ts, step_index, cond, clip_x0)
+        eps, x0 = out
+        if clip_x0 is not None and recompute_eps_after_clip:
+            eps = (state.x - schedule.alpha(t) * x0) / schedule.sigma(t)
         alpha_p, sigma_p = schedule.alpha(t_prev), schedule.sigma(t_prev)
         x_prev = alpha_p * x0
         if deterministic:
             x_prev = x_prev + sigma_p * eps
         else:
             beta = jnp.clip(transition_beta(schedule, t, t_prev), 0.0, 1.0)
-            std = jnp.asarray(eta, jnp.float32) * sigma_p / schedule.sigma(t) * jnp.sqrt(beta)
+            std = jnp.asarray(eta, dtype) * sigma_p / schedule.sigma(t) * jnp.sqrt(beta)
             direction = jnp.sqrt(jnp.maximum(sigma_p**2 - std**2, 0.0))
-            noise = jax.random.normal(key, x0.shape, jnp.float32)
+            noise = jax.random.normal(key, x0.shape, dtype)
             x_prev = x_prev + direction * eps + std * noise
-        return DDIMState(x=x_prev.astype(jnp.float32))
+        return DDIMState(x=x_prev.astype(dtype))
 
     def finalize(state: DDIMState) -> Array:
         return state.x

@@ -55,6 +55,25 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return None
 
 
+def check_nonnegative_scalar(name: str, value: Any) -> bool:
+    """Checks a scalar option that may be traced (``eta``, ``S_churn``) when it is concrete.
+
+    Returns:
+      Whether ``value`` is a concrete zero (the sampler can then skip its noise).
+
+    Raises:
+      ValueError: naming ``name`` for a concrete non-scalar or negative value.
+    """
+    v = concrete_value(value)
+    if v is None:
+        return False
+    if v.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
+    if not v >= 0:
+        raise ValueError(f"{name} must be >= 0, got {name}={float(v)!r}")
+    return float(v) == 0.0
+
+
 def state_dtype(x: ArrayLike) -> Any:
     """float32, or float64 for float64 input (never narrower than float32)."""
     return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)

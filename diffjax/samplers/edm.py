@@ -46,7 +46,12 @@ import numpy as np
 
 from diffjax.parameterization import DenoiseFn
 from diffjax.samplers.dpm_solver import dispatch, sampling_time_range
-from diffjax.samplers.driver import Sampler, concrete_value, state_dtype
+from diffjax.samplers.driver import (
+    Sampler,
+    check_nonnegative_scalar,
+    concrete_value,
+    state_dtype,
+)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -167,10 +172,7 @@ def edm_heun(
     """
     sig = _check_sigmas(sigmas)
     num_steps = int(sig.shape[0] - 1)
-    churn = concrete_value(s_churn)
-    if churn is not None and (churn.ndim != 0 or not float(churn) >= 0.0):
-        raise ValueError(f"s_churn must be a scalar >= 0, got {s_churn=}")
-    deterministic = churn is not None and float(churn) == 0.0
+    deterministic = check_nonnegative_scalar("s_churn", s_churn)
     if not float(s_tmin) <= float(s_tmax):
         raise ValueError(f"need s_tmin <= s_tmax, got {s_tmin=}, {s_tmax=}")
     if not float(s_noise) >= 0.0:
