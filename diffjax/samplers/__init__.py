@@ -21,6 +21,7 @@ from diffjax.samplers.driver import (
     transition_beta,
 )
 from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
+from diffjax.samplers.inversion import DDIMInversionState, ddim_inversion
 from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
 from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
@@ -29,6 +30,7 @@ __all__ = [
     "DPM_SOLVER_ALGORITHMS",
     "DPM_SOLVER_TYPES",
     "UNIPC_VARIANTS",
+    "DDIMInversionState",
     "DDIMState",
     "DDPMState",
     "DynamicThresholding",
@@ -40,6 +42,7 @@ __all__ = [
     "check_denoised",
     "check_timesteps",
     "ddim",
+    "ddim_inversion",
     "ddpm",
     "dpm_solver_fast",
     "dpm_solver_fast_orders",
