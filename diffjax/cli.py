@@ -191,7 +191,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     label = rows[0]["fid_label"] if rows else "FID"
     print(format_pareto_table(rows, label))
     for best in best_per_nfe(rows):
-        print(f"best {label} at NFE <= {best['nfe_target']}: {best['fid']:.3f} "
+        print(f"best {label} with a budget of {best['nfe_target']} NFE: {best['fid']:.3f} "
               f"({best['sampler']}, NFE {best['nfe']}, w={best['guidance_scale']})")
     print(f"wrote {out}/pareto.csv, pareto.json, pareto.md, pareto_nfe.png, pareto_seconds.png")
 

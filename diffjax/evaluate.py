@@ -667,13 +667,13 @@ def format_evaluation(result: dict[str, Any]) -> str:
     w = result.get("guidance_scale")
     kid = "-"
     if not math.isnan(result["kid_mean"]):
-        kid = f"{1e3 * result['kid_mean']:.3f} ± {1e3 * result['kid_std']:.3f} (std over " \
+        kid = f"{result['kid_mean']:.4g} ± {result['kid_std']:.2g} (std over " \
               f"{result['kid_num_subsets']} subsets of {result['kid_subset_size']})"
     rows = [
         ("sampler", f"{result['sampler']}, {result['num_steps']} steps "
                     f"(NFE {result['nfe']}), guidance {'none' if w is None else f'{w:g}'}"),
         (result["fid_label"], num("fid", ".3f") + f"  (vs {result['fid_reference']})"),
-        (result["kid_label"] + " x 1e3", kid),
+        (result["kid_label"], kid),
         (f"precision / recall (k={PR_K})", f"{num('precision', '.3f')} / {num('recall', '.3f')}"),
         (f"density / coverage (k={DC_K})", f"{num('density', '.3f')} / {num('coverage', '.3f')}"),
     ]

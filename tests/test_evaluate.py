@@ -8,6 +8,7 @@ import chex
 import numpy as np
 import pytest
 
+from diffjax import evaluate
 from diffjax.cli import main
 from diffjax.config import digits_config
 from diffjax.data import load_digits
@@ -17,7 +18,12 @@ from diffjax.evaluate import (
     feature_extractor,
     load_evaluation_context,
 )
-from diffjax.metrics.classifier import accuracy, classifier_features, classify
+from diffjax.metrics.classifier import (
+    accuracy,
+    classifier_features,
+    classify,
+    init_classifier,
+)
 from diffjax.metrics.features import check_images
 from diffjax.metrics.fid import load_statistics, save_statistics
 from diffjax.metrics.inception import WEIGHTS_ENV_VAR
@@ -153,3 +159,31 @@ def test_cli_missing_inception_weights_exits_2(eval_workdir, capsys):
     assert main(["evaluate", "--workdir", eval_workdir, "--features", "inception",
                  "--inception-weights", "/nonexistent/fid_inception.npz"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fashion_mnist_gets_the_same_classifier_recipe_trained_once(tmp_path, monkeypatch):
+    from test_data import _write_fashion
+
+    (tmp_path / "fm").mkdir()
+    _write_fashion(tmp_path / "fm", n_train=12)
+    config = digits_config()
+    config.data.name, config.data.path = "fashion_mnist", str(tmp_path / "fm")
+    calls = []
+
+    def untrained(data, *, key):  # the recipe's entry point, minus the optimization
+        calls.append(data.images.shape)
+        return init_classifier(key, data.num_classes, data.images.shape[1:])
+
+    monkeypatch.setattr(evaluate, "train_classifier", untrained)
+    workdir = str(tmp_path / "run")
+    clf, path = evaluation_classifier(workdir, config)
+    assert calls == [(12, 28, 28, 1)]
+    assert path == os.path.join(workdir, "eval", "fashion_mnist_classifier.msgpack")
+    assert (clf.num_classes, clf.image_shape) == (10, (28, 28, 1))
+    again, _ = evaluation_classifier(workdir, config)
+    assert len(calls) == 1  # read from the workdir, not trained again
+    chex.assert_trees_all_close(again.params, clf.params)
+    extractor = feature_extractor("classifier", "fashion_mnist", classifier=clf)
+    images = np.zeros((3, 28, 28, 1), np.float32) - 1
+    assert extractor.name == "fashion_mnist-classifier"
+    chex.assert_shape(extractor.fn(images), (3, extractor.dim))

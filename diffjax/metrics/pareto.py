@@ -177,7 +177,7 @@ def format_pareto_table(rows: Sequence[Mapping[str, Any]], quality_label: str = 
     ``*`` marks a point on the (NFE, quality) front, ``+`` on the (seconds, quality) front.
     """
     has_agreement = any(r.get("class_agreement") is not None for r in rows)
-    head = ["sampler", "w", "NFE", "steps", quality_label, "KID x1e3", "prec", "rec"]
+    head = ["sampler", "w", "NFE", "steps", quality_label, "KID", "prec", "rec"]
     head += ["class agr."] if has_agreement else []
     head += ["ms/image", "front"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -187,7 +187,7 @@ def format_pareto_table(rows: Sequence[Mapping[str, Any]], quality_label: str = 
     )
     for r in ordered:
         kid = r.get("kid_mean")
-        kid_s = "-" if kid is None else f"{1e3 * kid:.2f} ± {1e3 * r['kid_std']:.2f}"
+        kid_s = "-" if kid is None else f"{kid:.3g} ± {r['kid_std']:.2g}"
         marks = ("*" if r.get("pareto_nfe") else "") + ("+" if r.get("pareto_seconds") else "")
         sec = r.get("seconds_per_image")
         cells = [
@@ -298,10 +298,19 @@ def _plot(
             ax.step(fx, fy, where="post", color="k", lw=1.2, label="Pareto frontier")
         ax.plot(fx, fy, "o", ms=10, mfc="none", mec="k",
                 label="Pareto-optimal" if lines else None)
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    if lines:  # label the requested NFE budgets
+        ticks = sorted({float(r.get("nfe_target", r[x])) for r in rows})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     finite = [v for v in (_value(r, quality) for r in rows) if not math.isnan(v)]
     if finite and min(finite) > 0:
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(quality_label)
     if title:
