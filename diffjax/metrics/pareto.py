@@ -131,6 +131,7 @@ def write_rows(
     *,
     meta: Mapping[str, Any] | None = None,
     name: str = "pareto",
+    columns: Sequence[str] = PARETO_COLUMNS,
 ) -> tuple[str, str]:
     """Writes ``rows`` to ``out_dir/name.csv`` and ``out_dir/name.json``, atomically.
 
@@ -140,9 +141,10 @@ def write_rows(
 
     Args:
       out_dir: Output folder (created).
-      rows: Result rows; the CSV holds :data:`PARETO_COLUMNS`, the JSON every key.
+      rows: Result rows; the CSV holds ``columns``, the JSON every key.
       meta: Extra JSON fields (command, machine, ...), stored beside ``rows``.
       name: File stem.
+      columns: The CSV columns, in order (missing keys give empty cells).
 
     Returns:
       ``(csv_path, json_path)``.
@@ -150,9 +152,9 @@ def write_rows(
     out_dir = os.fspath(out_dir)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PARETO_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([_csv_cell(row.get(c)) for c in PARETO_COLUMNS])
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
     csv_path = os.path.join(out_dir, f"{name}.csv")
     json_path = os.path.join(out_dir, f"{name}.json")
     write_text_atomic(csv_path, buf.getvalue())
