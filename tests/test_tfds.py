@@ -196,6 +196,13 @@ def test_iterator_state_saved_with_a_checkpoint_resumes_the_same_batches(mock_tf
     resumed.close()
     chex.assert_trees_all_equal(seen[:3] + rest, expected)
 
+    # A run resumed with another process count finds no state of its own.
+    manager = ckpt.checkpoint_manager(str(tmp_path), async_checkpointing=False)
+    assert ckpt.has_data_iterator(manager, 3)
+    saved.rename(saved.with_name("process_0-of-2.json"))
+    assert not ckpt.has_data_iterator(manager, 3)
+    manager.close()
+
 
 def test_reading_and_decoding_never_import_tensorflow(mock_tfds):
     # TensorFlow is not installed here; this keeps the pipeline from starting to import

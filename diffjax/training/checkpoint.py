@@ -203,8 +203,19 @@ def restore(
 
 
 def has_data_iterator(manager: ocp.CheckpointManager, step: int) -> bool:
-    """Whether the checkpoint at ``step`` holds a data iterator state."""
-    return DATA_ITERATOR_ITEM in manager.item_metadata(step)
+    """Whether the checkpoint at ``step`` holds a data iterator state for this process.
+
+    grain writes one file per process, named for the process count. A run resumed with
+    another number of processes finds none of its own, and is told there is no state:
+    the loop then places the iterator at the step, which gives the same global batches
+    (the batch sequence depends on the step only, not on the process count).
+    """
+    if DATA_ITERATOR_ITEM not in manager.item_metadata(step):
+        return False
+    own_file = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return os.path.exists(
+        os.path.join(str(manager.directory), str(step), DATA_ITERATOR_ITEM, own_file)
+    )
 
 
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:
