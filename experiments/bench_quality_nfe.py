@@ -1,10 +1,12 @@
 """Sample quality against network evaluations (NFE) on a 2-D Gaussian mixture, exact score.
 
 Every sampler of ``diffjax.generate.SAMPLER_NAMES`` (plus UniPC with the third-order
-predictor, 'unipc-3') runs on the exact noise prediction ``eps*`` of a five-component
-2-D Gaussian mixture (:class:`diffjax.samplers.analytic.GaussianMixture`) under the
-1000-step linear (DDPM) schedule, through ``make_sampler`` and the scan driver in float32,
-from the same ``N`` noise draws ``x_T``, at network budgets of 5, 10, 15, 20 and 50
+predictor, 'unipc-3', and DPM-Solver++(2M), UniPC and UniPC-3 on logSNR-uniform grids
+from t = 999 to t = 0, '@logsnr', instead of ``make_sampler``'s linspace grid with its
+first-order last step onto sigma = 0) runs on the exact noise prediction ``eps*`` of a
+five-component 2-D Gaussian mixture (:class:`diffjax.samplers.analytic.GaussianMixture`)
+under the 1000-step linear (DDPM) schedule, through the scan driver in float32, from the
+same ``N`` noise draws ``x_T``, at network budgets of 5, 10, 15, 20 and 50
 evaluations (the most steps whose evaluation count fits the budget; the table gives the
 count actually used). No clipping or thresholding (the data leave [-1, 1]).
 
@@ -37,12 +39,16 @@ import numpy as np
 
 from diffjax import schedules
 from diffjax.generate import SAMPLER_NAMES, make_sampler, network_evaluations, solver_timesteps
-from diffjax.samplers import dpm_solver_multistep, sample, unipc
+from diffjax.samplers import dpm_solver_fast_timesteps, dpm_solver_multistep, sample, unipc
 from diffjax.samplers.analytic import GaussianMixture
 
 NFE_BUDGETS = (5, 10, 15, 20, 50)
 STOCHASTIC = ("ddpm", "ddpm_beta", "sde-dpm++2m")
-NOISE_PREDICTION = ("dpm2", "dpm3", "dpm-fast")  # their grids end at t = 0 (sigma_min)
+# The same solvers on logSNR-uniform grids from t = 999 to t = 0 (DPM-Solver's
+# recommended spacing, ending at sigma_min with no first-order step onto sigma = 0).
+LOG_SNR_GRID = ("dpm++2m@logsnr", "unipc@logsnr", "unipc-3@logsnr")
+# Grids ending at t = 0 (sigma_min) rather than at the clean point.
+NOISE_PREDICTION = ("dpm2", "dpm3", "dpm-fast", *LOG_SNR_GRID)
 
 
 def make_mixture() -> GaussianMixture:
@@ -67,19 +73,26 @@ def sliced_w2(a: np.ndarray, b: np.ndarray, directions: np.ndarray) -> float:
 
 def steps_for_budget(name: str, nfe: int) -> int | None:
     """The most steps of ``name`` whose network evaluations fit ``nfe`` (None if none)."""
-    minimum = {"dpm++3m": 3, "unipc-3": 3}.get(name, 1)
+    minimum = {"dpm++3m": 3, "unipc-3": 3, "unipc-3@logsnr": 3}.get(name, 1)
     fits = [s for s in range(minimum, nfe + 1) if evaluations(name, s) <= nfe]
     return max(fits) if fits else None
 
 
 def evaluations(name: str, steps: int) -> int:
-    return network_evaluations("unipc" if name == "unipc-3" else name, steps)
+    base = name.split("@")[0]
+    return network_evaluations("unipc" if base == "unipc-3" else base, steps)
 
 
 def build(name: str, schedule: schedules.DiscreteSchedule, steps: int):
-    if name == "unipc-3":
+    base, _, grid_name = name.partition("@")
+    if grid_name == "logsnr":
+        grid = dpm_solver_fast_timesteps(schedule, steps)
+    else:
         grid = solver_timesteps(schedule.num_timesteps, steps, clean_target=True)
+    if base == "unipc-3":
         return unipc(schedule, grid, 3)
+    if grid_name == "logsnr":
+        return unipc(schedule, grid, 2) if base == "unipc" else dpm_solver_multistep(schedule, grid)
     return make_sampler(name, schedule, steps, clip_x0=None)
 
 
@@ -118,7 +131,7 @@ def main() -> None:
         check[target] = float(np.sqrt(np.mean(np.sum((refs[target] - other) ** 2, -1))))
     ref_sw2 = sliced_w2(refs["clean"], exact, directions)
 
-    names = [*SAMPLER_NAMES, "unipc-3"]
+    names = [*SAMPLER_NAMES, "unipc-3", *LOG_SNR_GRID]
     rows = []
     for name in names:
         for budget in NFE_BUDGETS:

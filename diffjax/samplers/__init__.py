@@ -1,5 +1,6 @@
 """Samplers: pure ``init/step/finalize`` bundles run by one ``lax.scan`` driver."""
 
+from diffjax.samplers.analytic import GaussianMixture
 from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
 from diffjax.samplers.ddim import DDIMState, ddim
 from diffjax.samplers.dpm_solver import (
@@ -35,6 +36,7 @@ __all__ = [
     "DDPMState",
     "DynamicThresholding",
     "EDMState",
+    "GaussianMixture",
     "MultistepState",
     "Sampler",
     "SinglestepState",
