@@ -32,13 +32,12 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from diffjax import builders
 from diffjax.data import load_dataset
-from diffjax.generate import generate, make_sampler
+from diffjax.generate import generate, make_sampler, network_evaluations
 from diffjax.metrics.classifier import (
     ClassifierParams,
     class_agreement,
@@ -67,8 +66,6 @@ from diffjax.metrics.pareto import (
 )
 from diffjax.metrics.prdc import density_coverage, precision_recall
 from diffjax.nn import UNet
-from diffjax.parameterization import Denoised
-from diffjax.samplers import sample
 from diffjax.schedules import DiscreteSchedule
 from diffjax.training import load_trained
 from diffjax.training.loop import load_training_data
@@ -103,52 +100,23 @@ DC_K = 5
 # --------------------------------------------------------------------------------------
 # Network evaluations per sampler.
 
-_ONE_EVAL_PER_STEP = ("ddim", "ddpm", "ddpm_beta", "dpm++2m", "dpm++3m", "sde-dpm++2m")
-
-
-def _count_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule) -> int:
-    """Counts the denoiser calls of one run of ``sampler`` on a 1-pixel input."""
-    calls = []
-    built = make_sampler(sampler, schedule, num_steps)
-
-    def denoise(x: jax.Array, t: jax.Array, cond: Any) -> Denoised:
-        jax.debug.callback(lambda: calls.append(1))
-        return Denoised(jnp.zeros_like(x), jnp.zeros_like(x))
-
-    run = jax.jit(lambda x, key: sample(built, denoise, x, key))
-    jax.block_until_ready(run(jnp.zeros((1, 1, 1, 1), jnp.float32), jax.random.key(0)))
-    jax.effects_barrier()
-    return len(calls)
-
-
-def sampler_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule) -> int:
+def sampler_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule | None = None) -> int:
     """Network evaluations (NFE) of ``sampler`` run with ``num_steps`` (as ``generate``).
 
-    A guided evaluation (conditional and unconditional in one batch) counts once.
-    DDIM, DDPM and the multistep solvers take one evaluation per step; a singlestep
-    order-k step takes k: DPM-Solver-2 / -3 take ``2 n`` / ``3 n``, DPM-Solver++(2S)
-    ``2 n - 1`` (its last step, onto sigma = 0, is first order); for ``'dpm-fast'``
-    ``num_steps`` is the NFE budget itself. Other samplers are measured by counting the
-    denoiser calls of one run on a 1-pixel input (``tests/test_pareto.py`` checks the
-    closed forms against that count).
+    A guided evaluation (conditional and unconditional in one batch) counts once. The
+    count is :func:`diffjax.generate.network_evaluations` (checked against counted
+    denoiser calls in ``tests/test_samplers.py``).
 
     Args:
       sampler: A name of :data:`diffjax.generate.SAMPLER_NAMES`.
       num_steps: The ``num_steps`` given to ``generate``.
-      schedule: The model's schedule (used only when counting).
+      schedule: Unused (kept so every sweep helper takes the same arguments).
 
     Returns:
       The NFE.
     """
-    if sampler in _ONE_EVAL_PER_STEP or sampler == "dpm-fast":
-        return int(num_steps)
-    if sampler == "dpm++2s":
-        return 2 * int(num_steps) - 1
-    if sampler == "dpm2":
-        return 2 * int(num_steps)
-    if sampler == "dpm3":
-        return 3 * int(num_steps)
-    return _count_nfe(sampler, int(num_steps), schedule)
+    del schedule
+    return network_evaluations(sampler, int(num_steps))
 
 
 def steps_for_nfe(

@@ -66,17 +66,6 @@ def test_best_per_nfe_and_table():
 
 
 @pytest.mark.parametrize(
-    ("sampler", "num_steps"),
-    [("ddim", 3), ("ddpm", 3), ("dpm++2m", 3), ("dpm++2s", 3), ("dpm2", 3), ("dpm3", 2),
-     ("dpm-fast", 4)],
-)
-def test_nfe_closed_forms_match_counted_network_calls(sampler, num_steps):
-    assert sampler_nfe(sampler, num_steps, SCHEDULE) == evaluate._count_nfe(
-        sampler, num_steps, SCHEDULE
-    )
-
-
-@pytest.mark.parametrize(
     ("sampler", "nfe", "expected"),
     [
         ("ddim", 7, (7, 7)),
