@@ -1,0 +1,78 @@
+"""The notebooks in colabs/: generated from colabs/make_notebooks.py, stripped, and runnable.
+
+Each notebook is executed headless (nbclient, a python3 kernel on 2 fake CPU devices that
+shares this session's persistent compilation cache) in small mode. Notebooks 2 to 5 get
+a copy of the session's tiny trained workdir (``DIFFJAX_NOTEBOOK_WORKDIR``), with its
+evaluation classifier in place; notebook 1 trains its own run. A cell that raises fails
+the test with the cell's traceback.
+"""
+
+import importlib.util
+import os
+import shutil
+import time
+
+import nbformat
+import pytest
+from jax_subprocess import REPO, subprocess_env
+from nbclient import NotebookClient
+
+COLABS = os.path.join(REPO, "colabs")
+NOTEBOOKS = sorted(f for f in os.listdir(COLABS) if f.endswith(".ipynb"))
+CELL_TIMEOUT_S = 300
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_notebooks", os.path.join(COLABS, "make_notebooks.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_are_generated_and_stripped():
+    gen = _generator()
+    assert sorted(f"{name}.ipynb" for name in gen.NOTEBOOKS) == NOTEBOOKS
+    for name in gen.NOTEBOOKS:
+        path = os.path.join(COLABS, f"{name}.ipynb")
+        with open(path) as f:
+            text = f.read()
+        assert text == gen.render(name), f"{path} is stale: run python colabs/make_notebooks.py"
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code)
+        colab = f"https://colab.research.google.com/github/diffjax/diffjax/blob/main/colabs/{name}"
+        assert f"({colab}.ipynb)" in nb.cells[0].source
+        install = code[0].source
+        assert '"google.colab" in sys.modules' in install
+        assert "git+https://github.com/diffjax/diffjax" in install
+
+
+@pytest.fixture(scope="module")
+def notebook_workdir(eval_workdir, tmp_path_factory):
+    """A copy of the session's trained tiny workdir (notebooks write its eval cache)."""
+    path = str(tmp_path_factory.mktemp("notebooks") / "run")
+    shutil.copytree(eval_workdir, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_small_mode(name, notebook_workdir, tmp_path):
+    with open(os.path.join(COLABS, name)) as f:
+        nb = nbformat.read(f, as_version=4)
+    env = subprocess_env(2)
+    env["DIFFJAX_NOTEBOOK_MODE"] = "small"
+    env["DIFFJAX_NOTEBOOK_WORKDIR"] = notebook_workdir
+    env.pop("DIFFJAX_COMPILATION_CACHE", None)
+    client = NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    start = time.perf_counter()
+    client.execute(env=env)
+    print(f"{name}: {time.perf_counter() - start:.1f} s")
