@@ -15,8 +15,8 @@ found with ``schedule.t_from_log_snr``: exact for continuous schedules, and for 
 piecewise-linear ``log alpha_bar`` -- the same interpolation its ``alpha(t)`` and
 ``sigma(t)`` use, so input scaling and network time always agree. (k-diffusion's
 ``DiscreteSchedule`` interpolates ``log sigma_edm`` linearly instead; both agree at
-integer timesteps, and neither rounds to the nearest one.) Noise levels beyond the
-schedule's range clamp to its ends.
+integer timesteps, and neither rounds to the nearest one.) On a discrete schedule, noise
+levels beyond its range (churn above ``sigma_max``) clamp to its ends, as in k-diffusion.
 
 One step from ``sigma_i`` to ``sigma_{i+1}`` is Algorithm 2 of Karras et al.: optional
 churn raises the noise to ``sigma_hat = sigma_i (1 + gamma_i)`` with
