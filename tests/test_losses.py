@@ -124,14 +124,11 @@ def test_per_example_keys_make_the_loss_independent_of_the_batch_split():
 
     kw = dict(prediction_type="v", weighting="min_snr", p_uncond=0.5, null_label=3)
     whole, aux = losses.diffusion_loss(model_fn, schedule, x0, labels, keys, **kw)
-    halves = [losses.diffusion_loss(model_fn, schedule, x0[s], labels[s], keys[s], **kw)[0]
-              for s in (slice(0, 3), slice(3, 6))]
 
     def one(x, label, key):
         return losses.diffusion_loss(model_fn, schedule, x[None], label[None], key[None], **kw)
     singles, single_aux = jax.vmap(one)(x0, labels, keys)
 
-    chex.assert_trees_all_close(whole, (halves[0] + halves[1]) / 2, rtol=1e-6)
     chex.assert_trees_all_close(whole, jnp.mean(singles), rtol=1e-6)
     np.testing.assert_array_equal(aux.timesteps, single_aux.timesteps[:, 0])
     # Different keys per example: the timesteps are not all the same, some labels dropped.

@@ -110,27 +110,30 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
+    # Traced, not compiled (a bf16 train step takes ~50 s to compile on XLA:CPU); the
+    # bf16 forward pass itself is checked against float32 in tests/test_unet.py.
     from diffjax import builders
-    from diffjax.data import load_dataset
-    from diffjax.training.loop import local_batch
     from diffjax.training.optimizer import make_optimizer
     from diffjax.training.state import create_train_state
     from diffjax.training.step import make_train_step
 
     config = digits_config("tiny")
     config.model.dtype = "bfloat16"
-    dataset = load_dataset("digits", split="train")
-    model = builders.build_unet(config.model, dataset.num_classes)
+    model = builders.build_unet(config.model, 10)
     optimizer = make_optimizer(config.optim)
-    state = create_train_state(builders.init_params(model, jax.random.key(0), (8, 8, 1)), optimizer)
-    step = jax.jit(make_train_step(model, builders.build_schedule(config.diffusion), optimizer,
-                                   config.diffusion, config.training.ema_decay))
-    batch = local_batch(dataset, 0, 8, 0, True)
-    new_state, metrics = step(state, batch, jax.random.key(1))
+    state = jax.eval_shape(lambda key: create_train_state(
+        builders.init_params(model, key, (8, 8, 1)), optimizer), jax.random.key(0))
+    step = make_train_step(model, builders.build_schedule(config.diffusion), optimizer,
+                           config.diffusion, config.training.ema_decay)
+    batch = {"image": jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32),
+             "label": jax.ShapeDtypeStruct((8,), np.int32)}
+    new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(1))
     leaves = jax.tree.leaves((new_state.params, new_state.ema_params, new_state.opt_state))
     assert all(leaf.dtype in (np.float32, np.int32) for leaf in leaves)
-    assert bool(metrics["finite"]) and 0.05 < float(metrics["loss"]) < 5.0
-    assert 0 < float(metrics["grad_norm"]) < np.inf  # (step 0 of the warm-up has lr 0)
+    assert metrics["loss"].dtype == np.float32
+    # The network really computes in bfloat16.
+    jaxpr = str(jax.make_jaxpr(step)(state, batch, jax.random.key(1)))
+    assert "bf16" in jaxpr
 
 
 def test_first_non_finite_step_names_the_first_bad_step():
