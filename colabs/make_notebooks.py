@@ -276,7 +276,7 @@ CELLS_02 = [
         Quality is FID@N on the features of a small digits classifier
         (`diffjax.evaluate`), against the training set: comparable between rows of this
         notebook, not with Inception FIDs. In full mode the 1,000-step points dominate the
-        run time (about 12 minutes on a 2-core CPU, seconds on a GPU).
+        run time (7 to 12 minutes on a 2-core CPU, seconds on a GPU).
     """),
     code("""
         from diffjax.evaluate import evaluate_samples, load_evaluation_context, run_pareto_sweep
@@ -657,11 +657,14 @@ CELLS_04 = [
         display(Image(os.path.join(OUT, "pareto_seconds.png")))
     """),
     md("""
-        What to look for: the multistep data-prediction solvers (DPM-Solver++ 2M/3M)
-        reach the quality plateau at about 10 NFE; DDIM needs more. Singlestep
-        high-order solvers (`dpm-fast`, noise prediction, orders 3/2/1) break down under
-        strong guidance at small NFE, which is why DPM-Solver++ 2M is the recommended
-        solver for guided sampling.
+        What to look for: in the committed 500-sample sweep
+        (`experiments/results/pareto_digits`) the multistep data-prediction solvers
+        (DPM-Solver++ 2M/3M) reach the quality plateau (FID@500 about 18) at 10 NFE while
+        DDIM needs 20 to 50; with fewer samples per point, as here, differences of one or
+        two FID points are within the noise. What stands out at any N: the singlestep
+        high-order `dpm-fast` (noise prediction, orders 3/2/1) breaks down under strong
+        guidance at small NFE, which is why DPM-Solver++(2M) is the recommended solver
+        for guided sampling.
     """),
 ]
 
