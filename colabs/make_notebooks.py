@@ -63,16 +63,13 @@ INSTALL = code(f'''
 
 SETUP = code('''
     import os
-    import time
 
     import jax
     import matplotlib.pyplot as plt
     import numpy as np
-    from IPython.display import Image, Markdown, display
 
     import diffjax
     from diffjax import images
-    from diffjax.data import load_dataset
 
     # "full": the notebook as meant (minutes on a CPU for the digits). "small": a
     # seconds-long smoke run with a tiny model (what the test suite executes).
@@ -170,6 +167,8 @@ CELLS_01 = [
         train/held-out split (1,438 / 359 images); the model trains on the train split.
     """),
     code("""
+        from diffjax.data import load_dataset
+
         train_set = load_dataset(config.data.name, split=config.data.split, **DATA_KW)
         print(train_set.name, train_set.images.shape, "classes:", train_set.num_classes)
         order = np.argsort(train_set.labels, kind="stable")
@@ -201,6 +200,8 @@ CELLS_01 = [
         once, and on an interrupted one resumes (same batches, same noise).
     """),
     code("""
+        import time
+
         WORKDIR = os.path.abspath(f"workdirs/{config.data.name}_{MODE}")
         start = time.perf_counter()
         state = diffjax.train(config, WORKDIR)
@@ -279,6 +280,9 @@ CELLS_02 = [
         run time (7 to 12 minutes on a 2-core CPU, seconds on a GPU).
     """),
     code("""
+        from IPython.display import Image, Markdown, display
+
+        from diffjax.data import load_dataset
         from diffjax.evaluate import evaluate_samples, load_evaluation_context, run_pareto_sweep
         from diffjax.metrics import format_pareto_table
 
@@ -373,6 +377,7 @@ CELLS_02 = [
 
         @functools.partial(jax.jit, static_argnames="num_steps")
         def invert_and_decode(params, x0, labels, decode_labels, num_steps):
+            \"\"\"Encodes x0 to x_T with `labels`, decodes x_T with `decode_labels`.\"\"\"
             denoise = diffjax.build_denoiser(
                 ctx.model, params, ctx.schedule, ctx.config.diffusion.prediction_type
             )
@@ -388,9 +393,9 @@ CELLS_02 = [
         INV_STEPS = (8,) if SMALL else (10, 20, 50, 100, 1000)
         errors = {}
         for n in INV_STEPS:
-            x_T, x_rec = invert_and_decode(ctx.params, x0, y, y, num_steps=n)
+            latents, x_rec = invert_and_decode(ctx.params, x0, y, y, num_steps=n)
             errors[n] = float(np.sqrt(np.mean((np.asarray(x_rec) - x0) ** 2)))
-            print(f"{n:5d} steps: latent std {float(np.std(x_T)):.3f}, "
+            print(f"{n:5d} steps: latent std {float(np.std(latents)):.3f}, "
                   f"reconstruction RMSE {errors[n]:.4f}")
         plt.figure(figsize=(4.5, 3))
         plt.loglog(list(errors), list(errors.values()), "o-")
@@ -398,7 +403,7 @@ CELLS_02 = [
         plt.ylabel("reconstruction RMSE")
         plt.grid(alpha=0.3, which="both")
         plt.show()
-        show(np.concatenate([x0, np.clip(x_T / 3, -1, 1), x_rec]), ncols=len(pick),
+        show(np.concatenate([x0, np.clip(latents / 3, -1, 1), x_rec]), ncols=len(pick),
              title=f"{n} steps: held-out images / their latents (scaled 1/3) / decoded")
     """),
     md("""
@@ -435,6 +440,10 @@ CELLS_03 = [
         `experiments/results/guidance_digits` (`experiments/guidance_sweep.py`).
     """),
     code("""
+        import time
+
+        from IPython.display import Image, Markdown, display
+
         from diffjax.evaluate import load_evaluation_context
         from diffjax.guidance_sweep import (
             format_guidance_table,
@@ -522,6 +531,8 @@ CELLS_04 = [
         400 steps; a sampler's error is its mean distance to the reference.
     """),
     code("""
+        from IPython.display import Image, Markdown, display
+
         from diffjax.samplers.analytic import GaussianMixture
 
         angle = np.arange(8) * 2 * np.pi / 8
@@ -533,18 +544,18 @@ CELLS_04 = [
         schedule = diffjax.make_schedule("linear", 1000)
         denoise = mixture.denoiser(schedule)
         M = 500 if SMALL else 2000
-        x_T = jax.random.normal(jax.random.key(1), (M, 2))
+        noise = jax.random.normal(jax.random.key(1), (M, 2))  # x_T
         data = np.asarray(mixture.sample(jax.random.key(2), M), np.float64)
 
 
         def run(sampler):
-            \"\"\"The sampler's output for x_T (one compiled lax.scan).\"\"\"
+            \"\"\"The sampler's output for the noise (one compiled lax.scan).\"\"\"
             go = jax.jit(lambda x: diffjax.sample(sampler, denoise, x, jax.random.key(0)))
-            return np.asarray(go(x_T))
+            return np.asarray(go(noise))
 
 
         def grid(n):
-            \"\"\"n steps uniform in log-SNR, ending at t = 0 (sigma_min).\"\"\"
+            \"\"\"A grid of n steps uniform in log-SNR, ending at t = 0 (sigma_min).\"\"\"
             return np.append(diffjax.log_snr_uniform_timesteps(schedule, n), 0.0)
 
 
@@ -690,7 +701,11 @@ CELLS_05 = [
         trained on all 1,438 (notebook 1's run).
     """),
     code("""
-        from diffjax.data import make_dataset
+        import time
+
+        from IPython.display import Image, display
+
+        from diffjax.data import load_dataset, make_dataset
         from diffjax.metrics import (
             GU_THRESHOLD,
             memorization_report,
