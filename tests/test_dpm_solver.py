@@ -365,6 +365,29 @@ def test_dynamic_threshold_formula():
     assert float(jnp.max(jnp.abs(got))) <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1000])
+@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.995, 1.0])
+def test_dynamic_threshold_quantile_matches_jnp_quantile(n, ratio):
+    """The top_k quantile equals jnp.quantile's linear interpolation, ties included."""
+    values = jnp.abs(jax.random.normal(jax.random.key(n), (3, n))) * 4.0
+    values = values.at[1].set(jnp.round(values[1]))  # many ties
+    x0 = values.reshape(3, n, 1) * jnp.where(jnp.arange(n) % 2 == 0, 1.0, -1.0)[None, :, None]
+    got = dynamic_threshold(x0, ratio=ratio, max_value=100.0)
+    s = jnp.clip(jnp.quantile(values, ratio, axis=1), 1.0, 100.0)[:, None, None]
+    chex.assert_trees_all_close(got, jnp.clip(x0, -s, s) / s, rtol=1e-6)
+
+
+@pytest.mark.parametrize("max_value", [1.0, 0.5])
+def test_dynamic_threshold_at_most_one_is_plain_clipping(max_value):
+    """s = min(max(q, 1), max_value) = max_value for any data when max_value <= 1."""
+    x0 = 3.0 * jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+    got = dynamic_threshold(x0, ratio=0.995, max_value=max_value)
+    chex.assert_trees_all_close(got, jnp.clip(x0, -max_value, max_value) / max_value)
+    assert "sort" not in jax.jit(dynamic_threshold, static_argnums=(1, 2)).lower(
+        x0, 0.995, max_value
+    ).as_text()
+
+
 def test_thresholded_sampler_lands_in_unit_box():
     """With thresholding and a sigma = 0 target the sample is the thresholded x0."""
     grid = S.with_final_timestep(S.linspace_timesteps(T, 6), final=-1)

@@ -25,6 +25,7 @@ import optax
 from flax import serialization, struct
 
 from diffjax.data.dataset import ImageDataset, iterate_batches, validate_dataset
+from diffjax.metrics._batching import map_padded_batches
 
 __all__ = [
     "ClassifierParams",
@@ -220,8 +221,8 @@ def predict(clf: ClassifierParams, images: Any, *, batch_size: int = 1024) -> np
     Evaluates in chunks of ``batch_size`` (the last one padded, so at most one compilation
     per chunk size).
     """
-    out = _map_chunks(clf, images, batch_size, lambda x: jnp.argmax(_logits(clf, x), axis=-1))
-    return out.astype(np.int32) if out is not None else np.zeros((0,), np.int32)
+    out = _map_chunks(clf, images, batch_size, lambda x: jnp.argmax(_logits(clf, x), axis=-1), ())
+    return out.astype(np.int32)
 
 
 def classifier_features(
@@ -243,28 +244,15 @@ def classifier_features(
     Returns:
       The features.
     """
-    out = _map_chunks(clf, images, batch_size, lambda x: _penultimate(clf, x))
-    return out if out is not None else np.zeros((0, clf.hidden), np.float32)
+    return _map_chunks(clf, images, batch_size, lambda x: _penultimate(clf, x), (clf.hidden,))
 
 
 def _map_chunks(
-    clf: ClassifierParams, images: Any, batch_size: int, fn: Any
-) -> np.ndarray | None:
-    """Applies ``fn`` to fixed-size chunks of ``images`` (the last padded); None if empty."""
+    clf: ClassifierParams, images: Any, batch_size: int, fn: Any, row_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Checks ``images`` and applies ``fn`` to fixed-size chunks of them (one compilation)."""
     _check_images(clf, images)
-    images = np.asarray(images, np.float32)
-    n = images.shape[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size=}.")
-    chunk = min(batch_size, n)
-    out = []
-    for start in range(0, n, chunk):
-        x = images[start : start + chunk]
-        m = x.shape[0]
-        if m < chunk:
-            x = np.concatenate([x, np.zeros((chunk - m, *x.shape[1:]), x.dtype)])
-        out.append(np.asarray(fn(x))[:m])
-    return np.concatenate(out) if out else None
+    return map_padded_batches(fn, np.asarray(images, np.float32), batch_size, row_shape)
 
 
 def class_agreement(

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax.metrics._batching import map_padded_batches
 from diffjax.metrics.clip_tokenizer import CLIPTokenizer
 from diffjax.metrics.safetensors_io import read_safetensors
 
@@ -813,25 +814,6 @@ def _text_features(params, input_ids, config, precision):
                                          method=CLIP.get_text_features)
 
 
-def _batched(fn: Callable[[np.ndarray], jax.Array], x: np.ndarray, batch_size: int,
-             dim: int) -> np.ndarray:
-    """``fn`` over fixed-size batches of ``x`` (last one padded: one compilation), on host."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size=}.")
-    n = x.shape[0]
-    if n == 0:
-        return np.zeros((0, dim), np.float32)
-    b = min(batch_size, n)
-    out = []
-    for start in range(0, n, b):
-        chunk = x[start : start + b]
-        m = chunk.shape[0]
-        if m < b:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - m, axis=0)])
-        out.append(np.asarray(fn(chunk))[:m])
-    return np.concatenate(out)
-
-
 def clip_image_features(
     params: Any,
     config: CLIPConfig,
@@ -863,7 +845,7 @@ def clip_image_features(
     def fn(x):
         return _image_features(params, x, config, rng, precision)
 
-    return _batched(fn, images, batch_size, config.projection_dim)
+    return map_padded_batches(fn, images, batch_size, (config.projection_dim,))
 
 
 def _check_ids(input_ids: np.ndarray, config: CLIPTextConfig) -> None:
@@ -927,7 +909,7 @@ def clip_text_features(
     def fn(x):
         return _text_features(params, x.astype(np.int32), config, precision)
 
-    return _batched(fn, ids, batch_size, config.projection_dim)
+    return map_padded_batches(fn, ids, batch_size, (config.projection_dim,))
 
 
 def clip_scores(

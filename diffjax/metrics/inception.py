@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.metrics._batching import map_padded_batches
+
 __all__ = [
     "FEATURE_DIM",
     "INPUT_SIZE",
@@ -410,21 +412,13 @@ def inception_features(
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size=}.")
-    n = images.shape[0]
-    b = min(batch_size, n)
-    out = []
-    for start in range(0, n, b):
-        x = images[start : start + b]
-        m = x.shape[0]
-        if m < b:
-            x = np.concatenate([x, np.repeat(x[-1:], b - m, axis=0)])
-        feats = inception_apply(
+
+    def pool3(x: np.ndarray) -> jax.Array:
+        return inception_apply(
             variables, x, resize=resize, input_range=input_range, precision=precision
         )["pool3"]
-        out.append(np.asarray(feats)[:m])
-    return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
+
+    return map_padded_batches(pool3, images, batch_size, (FEATURE_DIM,))
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,12 @@ their best FID (1.55) and larger w trades diversity for Inception score.
 The UNet follows the ADM ImageNet-64 hyperparameters (Dhariwal & Nichol 2021, Table
 11), on which the guidance paper's networks are based: 192 base channels, multipliers
 (1, 2, 3, 4), three residual blocks per level, attention at 32, 16 and 8, dropout 0.1;
-Adam 3e-4, batch 2048, 540k steps, EMA 0.9999; cosine noise schedule.
+Adam 3e-4, batch 2048, 540k steps, EMA 0.9999; cosine noise schedule. The architecture
+values were checked against the flags of the released 64x64 model in the README of
+openai/guided-diffusion (``--num_channels 192 --num_res_blocks 3 --attention_resolutions
+32,16,8 --num_head_channels 64 --dropout 0.1 --noise_schedule cosine --diffusion_steps
+1000``); the training values (batch, steps, learning rate) are the paper's table's and
+were not re-checked against a copy of it.
 
 What differs, as far as our UNet allows:
 - Time is discrete (T = 1000, the cosine schedule of Nichol & Dhariwal) where the paper
