@@ -23,7 +23,7 @@ import numpy as np
 
 from diffjax import builders, images
 from diffjax.config import apply_overrides, load_config
-from diffjax.generate import SAMPLER_NAMES
+from diffjax.generate import GRID_NAMES, SAMPLER_NAMES, parse_sampler_name
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -118,6 +118,21 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"report and samples in {args.workdir}/")
 
 
+_SAMPLER_HELP = (
+    f"one of {', '.join(SAMPLER_NAMES)}; the DPM-Solver family and UniPC also take a grid "
+    f"suffix @{' or @'.join(GRID_NAMES)} (e.g. dpm++2m@logsnr)"
+)
+
+
+def _sampler_name(text: str) -> str:
+    """The type of --sampler: a sampler name with an optional grid suffix."""
+    try:
+        parse_sampler_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _parse_list(text: str, kind: type, flag: str) -> list:
     """Comma-separated values; for guidance, 'none' means no guidance."""
     items = [v.strip() for v in text.split(",") if v.strip()]
@@ -172,9 +187,11 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     from diffjax.metrics.pareto import best_per_nfe, format_pareto_table
 
     samplers = _parse_list(args.samplers, str, "--samplers")
-    unknown = [s for s in samplers if s not in SAMPLER_NAMES]
-    if unknown:
-        raise ValueError(f"--samplers: unknown {unknown}; known: {', '.join(SAMPLER_NAMES)}")
+    for name in samplers:
+        try:
+            parse_sampler_name(name)
+        except ValueError as e:
+            raise ValueError(f"--samplers: {e}") from None
     nfes = _parse_list(args.nfe, int, "--nfe")
     ctx = load_evaluation_context(
         args.workdir, step=args.step, features=args.features,
@@ -239,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
-    sample.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
+    sample.add_argument("--sampler", default="ddim", type=_sampler_name, help=_SAMPLER_HELP)
     sample.add_argument("--steps", type=int, default=50,
                         help="solver steps ('dpm-fast': network calls; 'edm-heun': Karras "
                         "noise levels, 2 * steps - 1 calls)")
@@ -266,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler"
     )
     _add_eval_arguments(evaluate)
-    evaluate.add_argument("--sampler", default="ddim", choices=SAMPLER_NAMES)
+    evaluate.add_argument("--sampler", default="ddim", type=_sampler_name, help=_SAMPLER_HELP)
     evaluate.add_argument("--steps", type=int, default=50)
     evaluate.add_argument("--guidance", default=None,
                           help="guidance scale w or 'none' (default: the run's config)")

@@ -22,6 +22,7 @@ from diffjax.samplers import (
     ddim,
     ddpm,
     dpm_solver_fast,
+    dpm_solver_fast_timesteps,
     dpm_solver_multistep,
     dpm_solver_singlestep,
     edm_heun,
@@ -48,6 +49,37 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "edm-heun": ("edm", {}),
 }
 SAMPLER_NAMES = tuple(_SAMPLERS)
+# Time grids a sampler name may choose with a suffix, ``'dpm++2m@logsnr'``: 'linspace' is
+# the default below; 'logsnr' is DPM-Solver's logSNR-uniform grid from t = T-1 to t = 0
+# (sigma_min, no final step onto sigma = 0).
+GRID_NAMES = ("linspace", "logsnr")
+_GRID_FAMILIES = ("multistep", "singlestep", "unipc")
+
+
+def parse_sampler_name(name: str) -> tuple[str, str]:
+    """Splits ``'dpm++2m@logsnr'`` into ``('dpm++2m', 'logsnr')``; no suffix is 'linspace'.
+
+    Raises:
+      ValueError: naming the sampler for an unknown sampler or grid, or a grid suffix on
+        a sampler with its own grid (DDIM/DDPM: trailing; 'dpm-fast': its logSNR
+        allocation; 'edm-heun': Karras sigmas).
+    """
+    base, sep, grid = str(name).partition("@")
+    if base not in _SAMPLERS:
+        raise ValueError(
+            f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}, optionally with a "
+            f"grid suffix @{'|@'.join(GRID_NAMES)} for the DPM-Solver family and UniPC"
+        )
+    if not sep:
+        return base, "linspace"
+    if grid not in GRID_NAMES:
+        raise ValueError(f"unknown grid {grid!r} in sampler={name!r}; expected one of {GRID_NAMES}")
+    if _SAMPLERS[base][0] not in _GRID_FAMILIES:
+        raise ValueError(
+            f"sampler={name!r}: a grid suffix applies to the DPM-Solver family and UniPC; "
+            f"{base!r} uses its own grid"
+        )
+    return base, grid
 
 
 def network_evaluations(name: str, num_steps: int) -> int:
@@ -57,15 +89,15 @@ def network_evaluations(name: str, num_steps: int) -> int:
     next step's evaluation); ``k`` per order-``k`` singlestep step, except that a
     data-prediction solver's last step onto ``t = -1`` is first order; ``num_steps``
     itself for 'dpm-fast' (a budget); ``2 num_steps - 1`` for 'edm-heun' (Heun steps and
-    a final Euler step).
+    a final Euler step). On the '@logsnr' grid every singlestep step is full order (its
+    target is sigma_min, not the clean point).
     """
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}")
-    family, options = _SAMPLERS[name]
+    base, grid = parse_sampler_name(name)
+    family, options = _SAMPLERS[base]
     if family == "edm":
         return 2 * num_steps - 1
     if family == "singlestep":
-        clean_last = options["algorithm"] != "dpmsolver"
+        clean_last = options["algorithm"] != "dpmsolver" and grid == "linspace"
         return options["order"] * num_steps - (options["order"] - 1) * clean_last
     return num_steps
 
@@ -110,12 +142,15 @@ def make_sampler(
     eta: float | jax.Array = 0.0,
     clip_x0: float | None = 1.0,
 ) -> Any:
-    """Builds a sampler by name (see ``SAMPLER_NAMES``).
+    """Builds a sampler by name (see ``SAMPLER_NAMES``; a ``'@logsnr'`` suffix picks the grid).
 
     Grids: DDIM and DDPM use the trailing grid down to the clean point (t = -1); the
     DPM-Solver family and UniPC use the linspace grid (DPM-Solver++ and UniPC down to
     t = -1 with a first-order last step, as diffusers' ``final_sigmas_type='zero'``;
-    noise-prediction DPM-Solver down to t = 0). 'unipc' is UniPC with the second-order
+    noise-prediction DPM-Solver down to t = 0); with the suffix ``'@logsnr'``
+    (``'dpm++2m@logsnr'``) they use DPM-Solver's logSNR-uniform grid from t = T-1 to
+    t = 0 (sigma_min) instead, which keeps multistep solvers at their order to the end
+    (experiments/results/quality_vs_nfe.md). 'unipc' is UniPC with the second-order
     predictor (bh2, data prediction: diffusers' defaults). 'edm-heun'
     takes ``num_steps`` Karras noise levels (rho 7) over the schedule's range and then
     sigma = 0. ``num_steps`` is the number of solver steps
@@ -124,9 +159,8 @@ def make_sampler(
     DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++ and
     UniPC; 'edm-heun' does not clip (as in Karras et al.).
     """
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler={name!r}; expected one of {SAMPLER_NAMES}")
-    family, options = _SAMPLERS[name]
+    base, grid = parse_sampler_name(name)
+    family, options = _SAMPLERS[base]
     T = schedule.num_timesteps
     if family == "ddim":
         return ddim(schedule, sampling_timesteps(T, num_steps), eta=eta, clip_x0=clip_x0)
@@ -137,7 +171,10 @@ def make_sampler(
     if family == "edm":
         return edm_heun(schedule, karras_sigmas(num_steps, *edm_sigma_range(schedule)))
     data_prediction = family == "unipc" or options["algorithm"] != "dpmsolver"
-    timesteps = solver_timesteps(T, num_steps, clean_target=data_prediction)
+    if grid == "logsnr":
+        timesteps = dpm_solver_fast_timesteps(schedule, num_steps)
+    else:
+        timesteps = solver_timesteps(T, num_steps, clean_target=data_prediction)
     thresholding = (
         DynamicThresholding(ratio=0.995, max_value=clip_x0)
         if data_prediction and clip_x0 is not None

@@ -2,10 +2,11 @@
 
 Every sampler of ``diffjax.generate.SAMPLER_NAMES`` (plus UniPC with the third-order
 predictor, 'unipc-3', and DPM-Solver++(2M), UniPC and UniPC-3 on logSNR-uniform grids
-from t = 999 to t = 0, '@logsnr', instead of ``make_sampler``'s linspace grid with its
-first-order last step onto sigma = 0) runs on the exact noise prediction ``eps*`` of a
-five-component 2-D Gaussian mixture (:class:`diffjax.samplers.analytic.GaussianMixture`)
-under the 1000-step linear (DDPM) schedule, through the scan driver in float32, from the
+from t = 999 to t = 0, ``make_sampler``'s '@logsnr' suffix, instead of its default
+linspace grid with a first-order last step onto sigma = 0) runs on the exact noise
+prediction ``eps*`` of a five-component 2-D Gaussian mixture
+(:class:`diffjax.samplers.analytic.GaussianMixture`) under the 1000-step linear (DDPM)
+schedule, through the scan driver in float32, from the
 same ``N`` noise draws ``x_T``, at network budgets of 5, 10, 15, 20 and 50
 evaluations (the most steps whose evaluation count fits the budget; the table gives the
 count actually used). No clipping or thresholding (the data leave [-1, 1]).
@@ -79,20 +80,18 @@ def steps_for_budget(name: str, nfe: int) -> int | None:
 
 
 def evaluations(name: str, steps: int) -> int:
-    base = name.split("@")[0]
-    return network_evaluations("unipc" if base == "unipc-3" else base, steps)
+    return network_evaluations(name.replace("unipc-3", "unipc"), steps)
 
 
 def build(name: str, schedule: schedules.DiscreteSchedule, steps: int):
-    base, _, grid_name = name.partition("@")
-    if grid_name == "logsnr":
-        grid = dpm_solver_fast_timesteps(schedule, steps)
-    else:
-        grid = solver_timesteps(schedule.num_timesteps, steps, clean_target=True)
-    if base == "unipc-3":
+    """``make_sampler`` without clipping; 'unipc-3' is UniPC with the order-3 predictor."""
+    if name.startswith("unipc-3"):
+        grid_name = name.partition("@")[2]
+        if grid_name == "logsnr":
+            grid = dpm_solver_fast_timesteps(schedule, steps)
+        else:
+            grid = solver_timesteps(schedule.num_timesteps, steps, clean_target=True)
         return unipc(schedule, grid, 3)
-    if grid_name == "logsnr":
-        return unipc(schedule, grid, 2) if base == "unipc" else dpm_solver_multistep(schedule, grid)
     return make_sampler(name, schedule, steps, clip_x0=None)
 
 

@@ -98,7 +98,14 @@ def test_generate_does_not_recompile_for_scale_eta_labels_or_seed(workdir):
     np.testing.assert_array_equal(np.asarray(again), np.asarray(outputs[0]))
 
 
-@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_bad_sampler_name_is_an_argparse_error_naming_it(workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--workdir", workdir, "--sampler", "ddim@logsnr"])
+    assert exit_info.value.code == 2
+    assert "sampler='ddim@logsnr': a grid suffix applies to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sampler", (*SAMPLER_NAMES, "dpm++2m@logsnr"))
 def test_every_sampler_runs_from_the_command_line(sampler, workdir, tmp_path):
     out = str(tmp_path / "s.png")
     steps = "4" if sampler == "dpm-fast" else "3"

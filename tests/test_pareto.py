@@ -186,7 +186,8 @@ def test_cli_pareto_on_a_trained_model(eval_workdir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--samplers", "ddim,nope"], r"unknown \['nope'\]"),
+        (["--samplers", "ddim,nope"], r"--samplers: unknown sampler='nope'"),
+        (["--samplers", "dpm++2m@oops"], r"--samplers: unknown grid 'oops'"),
         (["--nfe", "5,x"], r"--nfe='5,x' must be comma-separated ints"),
     ],
 )

@@ -433,13 +433,56 @@ def test_network_evaluations_of_every_named_sampler():
     den = make_denoiser(model_fn, LINEAR, "eps")
     x = jnp.ones((1, 2))
     one_per_step = ("ddim", "ddpm", "ddpm_beta", "dpm++3m", "sde-dpm++2m")  # as dpm++2m
-    for name in (n for n in SAMPLER_NAMES if n not in one_per_step):
+    on_logsnr_grid = ("dpm++2s@logsnr", "dpm3@logsnr", "unipc@logsnr")  # no clean last step
+    for name in (*(n for n in SAMPLER_NAMES if n not in one_per_step), *on_logsnr_grid):
         sampler = make_sampler(name, LINEAR, 4)
         calls.clear()
         state = sampler.init(x)
         for i in range(sampler.num_steps):
             state = sampler.step(den, state, jnp.int32(i), KEY, None)
         assert len(calls) == network_evaluations(name, 4), name
+
+
+def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
+    """'dpm++2m@logsnr' is DPM-Solver++(2M) on DPM-Solver's logSNR-uniform grid from
+    t = T-1 to t = 0 (with the same thresholding as 'dpm++2m'); '@linspace' is the
+    default grid."""
+    from diffjax.generate import make_sampler
+    from diffjax.samplers import (
+        DynamicThresholding,
+        dpm_solver_fast_timesteps,
+        dpm_solver_multistep,
+    )
+
+    den = make_denoiser(lambda x, t, c: 0.3 * x, LINEAR, "eps")
+    x_T = jax.random.normal(KEY, (3, 5))
+    direct = dpm_solver_multistep(
+        LINEAR, dpm_solver_fast_timesteps(LINEAR, 7), thresholding=DynamicThresholding(0.995, 1.0)
+    )
+    got = sample(make_sampler("dpm++2m@logsnr", LINEAR, 7), den, x_T, KEY)
+    chex.assert_trees_all_close(got, sample(direct, den, x_T, KEY), rtol=1e-6)
+    default = sample(make_sampler("dpm++2m", LINEAR, 7), den, x_T, KEY)
+    explicit = sample(make_sampler("dpm++2m@linspace", LINEAR, 7), den, x_T, KEY)
+    chex.assert_trees_all_equal(default, explicit)
+    assert float(jnp.max(jnp.abs(got - default))) > 1e-3  # a different grid
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("dpm++2m@karras", "unknown grid 'karras' in sampler='dpm\\+\\+2m@karras'"),
+        ("ddim@logsnr", "sampler='ddim@logsnr': a grid suffix applies to the DPM-Solver"),
+        ("edm-heun@logsnr", "'edm-heun' uses its own grid"),
+        ("dpm-fast@linspace", "'dpm-fast' uses its own grid"),
+        ("dpm9@logsnr", "unknown sampler='dpm9@logsnr'"),
+    ],
+)
+def test_bad_grid_suffix_names_the_sampler(name, match):
+    from diffjax.generate import make_sampler, network_evaluations
+
+    for call in (lambda: make_sampler(name, LINEAR, 5), lambda: network_evaluations(name, 5)):
+        with pytest.raises(ValueError, match=match):
+            call()
 
 
 def test_every_deterministic_solver_converges_to_the_same_ode_solution():
