@@ -23,20 +23,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_calls
 
 from diffjax.metrics.clip import CLIP, CLIPConfig, clip_image_features, init_clip_params
-
-
-def _time(fn, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
 
 
 def _torch_reference(batch, repeats, threads):
@@ -85,13 +74,13 @@ def main():
     model = CLIP(config)
     tower = jax.jit(lambda p, x: model.apply({"params": p}, x, method=CLIP.get_image_features))
     pixels = jax.random.normal(jax.random.key(1), (b, 224, 224, 3), jnp.float32)
-    first, med = _time(lambda: tower(params, pixels), args.repeats)
+    first, med, _ = time_calls(lambda: tower(params, pixels), args.repeats)
     say(f"(a) image tower, preprocessed 224x224, batch {b}: first call {first:.1f} s; "
         f"{med:.3f} s/batch = {b / med:.1f} images/s")
 
     images = np.asarray(jax.random.uniform(jax.random.key(2), (b, 256, 256, 3),
                                            minval=-1.0, maxval=1.0))
-    first, med = _time(lambda: clip_image_features(params, config, images, batch_size=b),
+    first, med, _ = time_calls(lambda: clip_image_features(params, config, images, batch_size=b),
                        args.repeats)
     say(f"(b) clip_image_features from 256x256 in [-1, 1] (resize + crop + normalize + "
         f"tower), batch {b}: first call {first:.1f} s; {med:.3f} s/batch = "

@@ -15,11 +15,10 @@ compilation cache is off, so compile times are cold.
 import argparse
 import os
 import platform
-import statistics
-import time
 
 import jax
 import numpy as np
+from timing import time_calls
 
 from diffjax.data import load_digits
 from diffjax.metrics.classifier import classifier_features, train_classifier
@@ -28,18 +27,6 @@ from diffjax.metrics.inception import (
     random_pytorch_fid_state_dict,
     variables_from_pytorch_fid_state_dict,
 )
-
-
-def _time(fn, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), times
 
 
 def main():
@@ -67,7 +54,7 @@ def main():
     b = args.inception_batch
     variables = variables_from_pytorch_fid_state_dict(random_pytorch_fid_state_dict(0))
     x = rng.uniform(-1, 1, (b, 299, 299, 3)).astype(np.float32)
-    first, med, times = _time(lambda: inception_apply(variables, x)["pool3"], args.repeats)
+    first, med, times = time_calls(lambda: inception_apply(variables, x)["pool3"], args.repeats)
     say(f"(a) FID InceptionV3 pool3 (2048-d), {b} x 299x299x3 float32, precision 'highest'")
     say(f"    first call (trace + compile + run): {first:.1f} s; compile ~ {first - med:.1f} s")
     say(f"    steady: {med:.2f} s per batch (median of {args.repeats}: "
@@ -79,7 +66,7 @@ def main():
         "(classifier_features; weights do not affect speed)")
     for cb in (int(v) for v in args.classifier_batches.split(",")):
         imgs = rng.uniform(-1, 1, (cb, 8, 8, 1)).astype(np.float32)
-        first, med, times = _time(
+        first, med, times = time_calls(
             lambda imgs=imgs, cb=cb: classifier_features(clf, imgs, batch_size=cb),
             args.repeats,
         )
