@@ -368,7 +368,7 @@ def test_dynamic_threshold_formula():
 @pytest.mark.parametrize("n", [1, 2, 7, 64, 1000])
 @pytest.mark.parametrize("ratio", [0.5, 0.9, 0.995, 1.0])
 def test_dynamic_threshold_quantile_matches_jnp_quantile(n, ratio):
-    """The top_k quantile equals jnp.quantile's linear interpolation, ties included."""
+    """s is the per-example jnp.quantile of |x0| clamped to [1, max_value], ties included."""
     values = jnp.abs(jax.random.normal(jax.random.key(n), (3, n))) * 4.0
     values = values.at[1].set(jnp.round(values[1]))  # many ties
     x0 = values.reshape(3, n, 1) * jnp.where(jnp.arange(n) % 2 == 0, 1.0, -1.0)[None, :, None]

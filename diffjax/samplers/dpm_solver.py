@@ -103,10 +103,9 @@ def dynamic_threshold(x0: ArrayLike, ratio: float = 0.995, max_value: float = 1.
     """Clips ``x0`` to ``[-s, s]`` and divides by ``s``, per example.
 
     ``s = min(max(quantile(|x0|, ratio), 1), max_value)`` over all non-batch axes (so
-    ``s = max_value`` when ``max_value <= 1``, as with ``torch.clamp`` in diffusers). The
-    quantile is the linearly interpolated one of ``jnp.quantile``, computed from the
-    largest values only (``lax.top_k``, not a full sort); with a static
-    ``max_value <= 1`` it cannot change ``s`` and is not computed at all.
+    ``s = max_value`` when ``max_value <= 1``, as with ``torch.clamp`` in diffusers). With
+    a static ``max_value <= 1`` the quantile cannot change ``s`` and is not computed (it
+    sorts every example: 1.3% of a sampling loop on the digits UNet).
 
     Args:
       x0: batch-first data prediction.
@@ -120,25 +119,9 @@ def dynamic_threshold(x0: ArrayLike, ratio: float = 0.995, max_value: float = 1.
     if isinstance(max_value, (int, float)) and max_value <= 1.0:
         s = jnp.asarray(max_value, x0.dtype)
         return jnp.clip(x0, -s, s) / s
-    s = _upper_quantile(jnp.abs(x0.reshape(x0.shape[0], -1)), ratio)
+    s = jnp.quantile(jnp.abs(x0.reshape(x0.shape[0], -1)), ratio, axis=1)
     s = expand_to(jnp.minimum(jnp.maximum(s, 1.0), max_value), x0).astype(x0.dtype)
     return jnp.clip(x0, -s, s) / s
-
-
-def _upper_quantile(values: Array, ratio: float) -> Array:
-    """``jnp.quantile(values, ratio, axis=1)`` (linear) for a static ``ratio`` near 1.
-
-    The quantile sits at sorted position ``p = ratio (n - 1)``; only the values at
-    ``floor(p)`` and ``ceil(p)`` matter, and both are among the ``n - floor(p)`` largest,
-    so a ``top_k`` of that size replaces the sort of all ``n`` values per row.
-    """
-    n = values.shape[1]
-    position = float(ratio) * (n - 1)
-    lo = int(np.floor(position))
-    hi = min(lo + 1, n - 1)
-    largest = jax.lax.top_k(values, n - lo)[0]  # descending; sorted index i is n - 1 - i
-    below, above = largest[:, n - 1 - lo], largest[:, n - 1 - hi]
-    return below + (position - lo) * (above - below)
 
 
 # --------------------------------------------------------------------------------------
