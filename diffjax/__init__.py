@@ -6,53 +6,129 @@ denoiser wrapper (:func:`make_denoiser`) and optional guidance
 (:func:`classifier_free_guidance`). Everything is a pure function of pytrees.
 """
 
-from diffjax.builders import build_denoiser, build_schedule, build_unet, init_params
-from diffjax.config import apply_overrides, base_config, digits_config, load_config
-from diffjax.generate import generate, make_sampler
-from diffjax.guidance import classifier_free_guidance
-from diffjax.losses import diffusion_loss, drop_labels, loss_weight
-from diffjax.nn import UNet
-from diffjax.parameterization import (
-    Denoised,
-    eps_to_x0,
-    make_denoiser,
-    training_target,
-    v_to_eps,
-    v_to_x0,
-    x0_eps_to_v,
-    x0_to_eps,
-)
-from diffjax.samplers import (
-    DynamicThresholding,
-    Sampler,
-    ddim,
-    ddim_inversion,
-    ddpm,
-    dpm_solver_fast,
-    dpm_solver_multistep,
-    dpm_solver_singlestep,
-    edm_heun,
-    edm_sigma_range,
-    karras_sigmas,
-    sample,
-    unipc,
-)
-from diffjax.schedules import (
-    CosineVPSchedule,
-    DiscreteSchedule,
-    LinearVPSchedule,
-    cosine_betas,
-    leading_timesteps,
-    linear_betas,
-    linspace_timesteps,
-    log_snr_uniform_timesteps,
-    make_schedule,
-    quadratic_timesteps,
-    scaled_linear_betas,
-    trailing_timesteps,
-    with_final_timestep,
-)
-from diffjax.training import TrainState, load_trained, make_train_step, train
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names, for type checkers and IDEs
+    from diffjax.builders import build_denoiser, build_schedule, build_unet, init_params
+    from diffjax.config import apply_overrides, base_config, digits_config, load_config
+    from diffjax.generate import generate, make_sampler
+    from diffjax.guidance import classifier_free_guidance
+    from diffjax.losses import diffusion_loss, drop_labels, loss_weight
+    from diffjax.nn import UNet
+    from diffjax.parameterization import (
+        Denoised,
+        eps_to_x0,
+        make_denoiser,
+        training_target,
+        v_to_eps,
+        v_to_x0,
+        x0_eps_to_v,
+        x0_to_eps,
+    )
+    from diffjax.samplers import (
+        DynamicThresholding,
+        Sampler,
+        ddim,
+        ddim_inversion,
+        ddpm,
+        dpm_solver_fast,
+        dpm_solver_multistep,
+        dpm_solver_singlestep,
+        edm_heun,
+        edm_sigma_range,
+        karras_sigmas,
+        sample,
+        unipc,
+    )
+    from diffjax.schedules import (
+        CosineVPSchedule,
+        DiscreteSchedule,
+        LinearVPSchedule,
+        cosine_betas,
+        leading_timesteps,
+        linear_betas,
+        linspace_timesteps,
+        log_snr_uniform_timesteps,
+        make_schedule,
+        quadratic_timesteps,
+        scaled_linear_betas,
+        trailing_timesteps,
+        with_final_timestep,
+    )
+    from diffjax.training import TrainState, load_trained, make_train_step, train
+
+# Public names and the modules that define them. They are imported on first use, so
+# `import diffjax` (or `diffjax.cli`, or one submodule) stays cheap and loads neither
+# JAX nor orbax and grain until a name needs them.
+_LAZY = {
+    "build_denoiser": "diffjax.builders",
+    "build_schedule": "diffjax.builders",
+    "build_unet": "diffjax.builders",
+    "init_params": "diffjax.builders",
+    "apply_overrides": "diffjax.config",
+    "base_config": "diffjax.config",
+    "digits_config": "diffjax.config",
+    "load_config": "diffjax.config",
+    "generate": "diffjax.generate",
+    "make_sampler": "diffjax.generate",
+    "classifier_free_guidance": "diffjax.guidance",
+    "diffusion_loss": "diffjax.losses",
+    "drop_labels": "diffjax.losses",
+    "loss_weight": "diffjax.losses",
+    "UNet": "diffjax.nn",
+    "Denoised": "diffjax.parameterization",
+    "eps_to_x0": "diffjax.parameterization",
+    "make_denoiser": "diffjax.parameterization",
+    "training_target": "diffjax.parameterization",
+    "v_to_eps": "diffjax.parameterization",
+    "v_to_x0": "diffjax.parameterization",
+    "x0_eps_to_v": "diffjax.parameterization",
+    "x0_to_eps": "diffjax.parameterization",
+    "DynamicThresholding": "diffjax.samplers",
+    "Sampler": "diffjax.samplers",
+    "ddim": "diffjax.samplers",
+    "ddim_inversion": "diffjax.samplers",
+    "ddpm": "diffjax.samplers",
+    "dpm_solver_fast": "diffjax.samplers",
+    "dpm_solver_multistep": "diffjax.samplers",
+    "dpm_solver_singlestep": "diffjax.samplers",
+    "edm_heun": "diffjax.samplers",
+    "edm_sigma_range": "diffjax.samplers",
+    "karras_sigmas": "diffjax.samplers",
+    "sample": "diffjax.samplers",
+    "unipc": "diffjax.samplers",
+    "CosineVPSchedule": "diffjax.schedules",
+    "DiscreteSchedule": "diffjax.schedules",
+    "LinearVPSchedule": "diffjax.schedules",
+    "cosine_betas": "diffjax.schedules",
+    "leading_timesteps": "diffjax.schedules",
+    "linear_betas": "diffjax.schedules",
+    "linspace_timesteps": "diffjax.schedules",
+    "log_snr_uniform_timesteps": "diffjax.schedules",
+    "make_schedule": "diffjax.schedules",
+    "quadratic_timesteps": "diffjax.schedules",
+    "scaled_linear_betas": "diffjax.schedules",
+    "trailing_timesteps": "diffjax.schedules",
+    "with_final_timestep": "diffjax.schedules",
+    "TrainState": "diffjax.training",
+    "load_trained": "diffjax.training",
+    "make_train_step": "diffjax.training",
+    "train": "diffjax.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

@@ -18,12 +18,14 @@ from diffjax.parameterization import make_denoiser
 from diffjax.schedules import DiscreteSchedule, make_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The schedules built from ``diffusion.beta_start`` and ``diffusion.beta_end``.
+BETA_RANGE_SCHEDULES = ("linear", "scaled_linear")
 
 
 def build_schedule(diffusion: ml_collections.ConfigDict) -> DiscreteSchedule:
     """The discrete noise schedule of ``config.diffusion``."""
     kwargs = {}
-    if diffusion.schedule in ("linear", "scaled_linear"):
+    if diffusion.schedule in BETA_RANGE_SCHEDULES:
         kwargs = {"beta_start": diffusion.beta_start, "beta_end": diffusion.beta_end}
     return make_schedule(diffusion.schedule, diffusion.num_timesteps, **kwargs)
 

@@ -14,16 +14,26 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import jax
-import numpy as np
+# JAX and the library are imported inside the commands, so that `main` can take over
+# SIGTERM / SIGINT (see diffjax.training.preemption.defer_signals) before the seconds of
+# importing them: a preempted `train` then never dies mid-import with exit code 143 or
+# a KeyboardInterrupt traceback.
+if TYPE_CHECKING:
+    import numpy as np
 
-from diffjax import builders, images
-from diffjax.config import apply_overrides, load_config
-from diffjax.generate import GRID_NAMES, SAMPLER_NAMES, parse_sampler_name
+DEBUG_ENV = "DIFFJAX_DEBUG"
+# Errors a user causes with arguments, configs or paths: exit code 2. Everything else
+# (damaged or unwritable checkpoints, a locked workdir, a diverged loss, timeouts) is a
+# runtime failure: exit code 1. Neither prints a traceback unless DIFFJAX_DEBUG=1.
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -35,17 +45,25 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _parse_labels(text: str | None) -> np.ndarray | None:
+    import numpy as np
+
     if text is None:
         return None
     try:
-        return np.asarray([int(v) for v in text.split(",") if v.strip()], np.int32)
+        labels = np.asarray([int(v) for v in text.split(",") if v.strip()], np.int32)
     except ValueError:
         raise ValueError(f"--labels={text!r} must be comma-separated integers") from None
+    if labels.size == 0:
+        raise ValueError(f"--labels={text!r} names no label; give e.g. --labels 0,1,2")
+    return labels
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     """Trains (or resumes) a run from a config file."""
-    from diffjax.training import distributed, train
+    import jax
+
+    from diffjax.config import apply_overrides, load_config
+    from diffjax.training import distributed, preemption, train
 
     config = load_config(args.config)
     apply_overrides(config, overrides)
@@ -61,14 +79,30 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         # persistent cache written by single-process runs computed wrong gradients (a
         # different norm at the first step); compiled fresh they match (tests/test_distributed.py).
         jax.config.update("jax_enable_compilation_cache", False)
-    state = train(config, args.workdir)
+    signum = preemption.pending_signal()
+    if signum is not None and not multi_process:
+        print(f"diffjax train: stopped ({_signal_name(signum)}) before training started; "
+              "nothing was written", file=sys.stderr)
+        return
+    state = train(config, args.workdir, step=args.step)
     step = int(state.step)
     if step == config.training.num_steps and jax.process_index() == 0:
         print(f"trained to step {step}; checkpoints in {args.workdir}")
 
 
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     """Samples a trained workdir to a PNG grid and an .npz."""
+    import jax
+    import numpy as np
+
+    from diffjax import builders, images
+    from diffjax.files import atomic_output
     from diffjax.generate import generate, parse_guidance_interval
     from diffjax.training import load_trained
 
@@ -96,11 +130,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
         p_uncond=config.diffusion.p_uncond,
     )
     samples = np.asarray(samples)
+    if not np.all(np.isfinite(samples)):
+        bad = int(np.sum(~np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)))
+        raise FloatingPointError(
+            f"{bad} of {len(samples)} samples hold NaN or Inf (checkpoint of {args.workdir}"
+            f"{'' if args.step is None else f' at step {args.step}'}); nothing was written"
+        )
     out = args.out or os.path.join(args.workdir, "samples.png")
     ncols = args.num_per_label if labels is not None else min(len(samples), 10)
-    images.save_grid(out, samples, ncols=ncols, upscale=args.upscale)
+    with atomic_output(out, suffix=os.path.splitext(out)[1] or ".png") as tmp:
+        images.save_grid(tmp, samples, ncols=ncols, upscale=args.upscale)
     npz = os.path.splitext(out)[0] + ".npz"
-    np.savez(npz, images=samples, labels=labels if labels is not None else np.zeros(0))
+    with atomic_output(npz, suffix=".npz") as tmp:
+        np.savez(tmp, images=samples, labels=labels if labels is not None else np.zeros(0))
     print(f"wrote {len(samples)} samples to {out} and {npz}")
 
 
@@ -118,14 +160,19 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"report and samples in {args.workdir}/")
 
 
-_SAMPLER_HELP = (
-    f"one of {', '.join(SAMPLER_NAMES)}; the DPM-Solver family and UniPC also take a grid "
-    f"suffix @{' or @'.join(GRID_NAMES)} (e.g. dpm++2m@logsnr)"
-)
+def _sampler_help() -> str:
+    from diffjax.generate import GRID_NAMES, SAMPLER_NAMES
+
+    return (
+        f"one of {', '.join(SAMPLER_NAMES)}; the DPM-Solver family and UniPC also take a "
+        f"grid suffix @{' or @'.join(GRID_NAMES)} (e.g. dpm++2m@logsnr)"
+    )
 
 
 def _sampler_name(text: str) -> str:
     """The type of --sampler: a sampler name with an optional grid suffix."""
+    from diffjax.generate import parse_sampler_name
+
     try:
         parse_sampler_name(text)
     except ValueError as e:
@@ -157,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         format_evaluation,
         load_evaluation_context,
     )
-    from diffjax.training.checkpoint import write_text_atomic
+    from diffjax.files import write_text_atomic
 
     ctx = load_evaluation_context(
         args.workdir, step=args.step, features=args.features,
@@ -184,6 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Sweeps samplers x NFE x guidance and writes the Pareto table, CSV/JSON and plots."""
     from diffjax.evaluate import default_guidance, load_evaluation_context, run_pareto_sweep
+    from diffjax.generate import parse_sampler_name
     from diffjax.metrics.pareto import best_per_nfe, format_pareto_table
 
     samplers = _parse_list(args.samplers, str, "--samplers")
@@ -253,10 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let JAX detect the cluster (TPU pod, SLURM, ...)")
     multi.add_argument("--distributed-timeout", type=float, default=300.0,
                        help="seconds to wait for the coordinator and the other processes")
+    train.add_argument("--step", type=int, default=None,
+                       help="resume from this checkpoint step (default: the newest intact "
+                       "one); newer checkpoints are moved to checkpoints_set_aside/")
 
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
-    sample.add_argument("--sampler", default="ddim", type=_sampler_name, help=_SAMPLER_HELP)
+    sample.add_argument("--sampler", default="ddim", type=_sampler_name, help=_sampler_help())
     sample.add_argument("--steps", type=int, default=50,
                         help="solver steps ('dpm-fast': network calls; 'edm-heun': Karras "
                         "noise levels, 2 * steps - 1 calls)")
@@ -283,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler"
     )
     _add_eval_arguments(evaluate)
-    evaluate.add_argument("--sampler", default="ddim", type=_sampler_name, help=_SAMPLER_HELP)
+    evaluate.add_argument("--sampler", default="ddim", type=_sampler_name, help=_sampler_help())
     evaluate.add_argument("--steps", type=int, default=50)
     evaluate.add_argument("--guidance", default=None,
                           help="guidance scale w or 'none' (default: the run's config)")
@@ -311,6 +362,8 @@ def enable_compilation_cache() -> None:
     second ``diffjax`` run (a resume, a re-sample) skip that. The folder is
     ``$DIFFJAX_COMPILATION_CACHE`` (empty string: off), default ``~/.cache/diffjax/xla``.
     """
+    import jax
+
     default = os.path.join(os.path.expanduser("~"), ".cache", "diffjax", "xla")
     path = os.environ.get("DIFFJAX_COMPILATION_CACHE", default)
     if path and jax.config.jax_compilation_cache_dir is None:
@@ -318,12 +371,55 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _format_warning(message, category, filename, lineno, file=None, line=None):
+    """One-line warnings for the command line (no source line)."""
+    del filename, lineno, line
+    return f"diffjax: warning: {message}\n"
+
+
+def _error_message(command: str, e: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code of an error a command ended with."""
+    if isinstance(e, KeyboardInterrupt):
+        return f"diffjax {command}: interrupted", 130
+    if isinstance(e, USAGE_ERRORS):
+        return f"diffjax {command}: error: {e}", 2
+    known = (RuntimeError, OSError, FloatingPointError, ArithmeticError)
+    if isinstance(e, known) and type(e).__module__.startswith(("builtins", "diffjax")):
+        return f"diffjax {command}: error: {e}", 1
+    first = (str(e).strip().splitlines() or [""])[0][:500]
+    return (
+        f"diffjax {command}: error: {type(e).__name__}: {first}\n"
+        f"(an unexpected failure; rerun with {DEBUG_ENV}=1 for the full traceback)",
+        1,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``diffjax`` console script."""
+    """Entry point of the ``diffjax`` console script.
+
+    Returns:
+      0 on success (also after a preemption that saved its checkpoint), 2 for a usage
+      error (bad flags, config, paths), 1 for a runtime failure, 130 when interrupted.
+      Errors are one message on stderr; ``DIFFJAX_DEBUG=1`` adds the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("train", "demo"):
+        # Signals outside the training loop (start-up, shutdown) are recorded, not fatal:
+        # the loop's own handler saves and stops.
+        from diffjax.training import preemption
+
+        preemption.defer_signals()
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     enable_compilation_cache()
     overrides, rest = _split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if not debug:
+        # orbax and asyncio log the tracebacks of failed background writes; the command
+        # reports the cause itself in one line.
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         if args.command == "train":
             cmd_train(args, overrides)
@@ -337,9 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_pareto(args)
         else:
             cmd_sample(args)
-    except (ValueError, FileNotFoundError, TimeoutError) as e:
-        print(f"diffjax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        if debug:
+            traceback.print_exc()
+        message, code = _error_message(args.command, e)
+        print(message, file=sys.stderr, flush=True)
+        return code
+    finally:
+        warnings.formatwarning = previous_format
     return 0
 
 

@@ -5,7 +5,8 @@ what it needs. Every key a run can take is listed here, so an override of an
 unknown key (``--config.model.chanels=64``) fails with an error naming it.
 
 Config files are ``ml_collections`` files with a ``get_config(variant='')`` function;
-``path/to/file.py:tiny`` selects a variant.
+``path/to/file.py:tiny`` selects a variant. :func:`validate_config` checks a whole run
+config (keys, types, ranges, names) and reports every problem in one error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -82,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.checkpoint_every = 5000
     config.training.max_checkpoints_to_keep = 3
     config.training.async_checkpointing = True
+    # Longest wait for a checkpoint write (a preempted run's last save included) before
+    # the run fails with the newest committed checkpoint standing: a hung filesystem
+    # must not keep a preempted job alive forever.
+    config.training.save_timeout_s = 600.0
     config.training.progress_bar = True
     # Microbatches per step (gradient accumulation); batch_size must split into
     # devices * grad_accum_steps equal parts. The update equals that of the whole batch.
@@ -181,7 +188,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: the file has no ``get_config``.
+      ValueError: the file has no ``get_config``, does not parse (file and line named),
+        fails while it runs, or does not return a ConfigDict.
     """
     path, _, variant = spec.partition(":")
     if not os.path.isfile(path):
@@ -190,10 +198,29 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     if module_spec is None or module_spec.loader is None:
         raise ValueError(f"cannot import config file {path!r}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(
+            f"config file {path!r}, line {e.lineno}: syntax error: {e.msg}"
+        ) from None
+    except Exception as e:
+        raise ValueError(f"config file {path!r} failed to run: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except ValueError:
+        raise  # the file's own message (an unknown variant, say)
+    except Exception as e:
+        raise ValueError(
+            f"get_config({variant!r}) of config file {path!r} failed: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(
+            f"get_config() of {path!r} returned {type(config).__name__}, not a ConfigDict"
+        )
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -225,6 +252,288 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
 def flat_keys(config: ml_collections.ConfigDict) -> list[str]:
     """Lists every leaf key of a ConfigDict as a dotted path."""
     return [key for key, _ in _flat_items(config)]
+
+
+# Leaves whose default is a number but which may also be None.
+NULLABLE_KEYS = ("sampling.clip_x0",)
+# training.seed feeds jax.random.key, which takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def validate_config(config: ml_collections.ConfigDict, *, image_size: int | None = None) -> None:
+    """Checks a full run config before anything is built or written, reporting every problem.
+
+    Checks the key tree against :func:`base_config` (no unknown keys, with the closest
+    known ones suggested; no missing sections or keys), the type of every leaf (that of
+    its default: ``bool`` is not an ``int``, an ``int`` is a valid ``float``, the
+    channel multipliers and attention resolutions are sequences of ints), that every
+    float is finite, and the allowed values and ranges of every key, including the
+    cross-key ones (``beta_start <= beta_end``, ``training.batch_size`` a multiple of
+    ``training.grad_accum_steps``, ``model.num_heads`` dividing the channels of the
+    middle attention block, ``sampling.num_steps <= diffusion.num_timesteps``). The
+    names allowed are those the builders accept (schedules, dtypes, losses, data
+    sources, samplers). What depends on the devices or the data (the batch split over
+    devices, the batch against the number of images) is checked where those are known.
+
+    Args:
+      config: the full run config.
+      image_size: side of the training images, when known (the data is open). Adds the
+        checks that depend on it: the side halves exactly at every UNet level, and
+        ``model.num_heads`` divides the channels of every level with attention.
+
+    Raises:
+      ValueError: one error listing every problem found, one per line, each naming the
+        dotted key, its value and what is allowed.
+    """
+    reference = base_config()
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    known = flat_keys(reference) + list(_section_paths(reference))
+    _check_tree(config, reference, "", known, problems, values)
+    _check_values(values, problems, image_size)
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ValueError(f"invalid config ({count}):\n  " + "\n  ".join(problems))
+
+
+def _section_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Yields the dotted path of every section (non-leaf) below ``config``."""
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield prefix + name
+            yield from _section_paths(value, prefix + name + ".")
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _check_tree(
+    node: Any,
+    reference: ml_collections.ConfigDict,
+    prefix: str,
+    known: Sequence[str],
+    problems: list[str],
+    values: dict[str, Any],
+) -> None:
+    """Checks keys and leaf types of ``node`` against ``reference``; collects good leaves."""
+    for name, default in reference.items():
+        key = prefix + name
+        if name not in node:
+            kind = "section" if isinstance(default, ml_collections.ConfigDict) else "key"
+            problems.append(f"missing config {kind} {key!r}")
+            continue
+        value = node[name]
+        if isinstance(default, ml_collections.ConfigDict):
+            if isinstance(value, ml_collections.ConfigDict):
+                _check_tree(value, default, key + ".", known, problems, values)
+            else:
+                problems.append(
+                    f"{key}={value!r}: expected a section (ConfigDict) with keys "
+                    f"{', '.join(default.keys())}"
+                )
+            continue
+        expected = _type_problem(key, value, default)
+        if expected:
+            problems.append(f"{key}={value!r} ({type(value).__name__}): expected {expected}")
+        elif isinstance(value, numbers.Real) and not math.isfinite(value):
+            problems.append(f"{key}={value!r}: expected a finite number")
+        else:
+            values[key] = tuple(value) if isinstance(value, list) else value
+    for name in node:
+        if name not in reference:
+            key = prefix + name
+            kind = "section" if isinstance(node[name], ml_collections.ConfigDict) else "key"
+            problems.append(f"unknown config {kind} {key!r}{_did_you_mean(key, known)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _type_problem(key: str, value: Any, default: Any) -> str:
+    """What type ``value`` should have (the type of ``default``), or '' if it has it."""
+    if value is None and key in NULLABLE_KEYS:
+        return ""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "a bool"
+    elif isinstance(default, int):
+        ok, expected = _is_int(value), "an int"
+    elif isinstance(default, float):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        expected = "a float"
+    elif isinstance(default, tuple | list):
+        ok = isinstance(value, tuple | list) and all(_is_int(v) for v in value)
+        expected = "a tuple of ints"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "a str"
+    else:  # pragma: no cover - base_config holds only the types above
+        ok, expected = True, ""
+    if key in NULLABLE_KEYS:
+        expected += " or None"
+    return "" if ok else expected
+
+
+def _check_values(values: dict[str, Any], problems: list[str], image_size: int | None) -> None:
+    """Appends the range and allowed-value problems of the well-typed leaves in ``values``."""
+    # Imported here: config.py itself stays free of jax/flax imports.
+    from diffjax.builders import BETA_RANGE_SCHEDULES, DTYPES
+    from diffjax.data import SOURCE_NAMES, TFDS_PREFIX
+    from diffjax.generate import parse_sampler_name
+    from diffjax.losses import LOSS_WEIGHTINGS, PREDICTION_TYPES
+    from diffjax.nn.conv import CONV_WEIGHT_GRAD_MODES
+    from diffjax.schedules import SCHEDULE_NAMES
+
+    def check(key: str, ok: Callable[[Any], bool], allowed: str) -> bool:
+        """Records a problem unless ``ok(value)``; False if the key is absent or bad."""
+        if key not in values:
+            return False
+        if ok(values[key]):
+            return True
+        problems.append(f"{key}={values[key]!r}: expected {allowed}")
+        return False
+
+    def at_least(key: str, low: int | float, what: str = "an int") -> bool:
+        return check(key, lambda v: v >= low, f"{what} >= {low}")
+
+    def choice(key: str, names: Sequence[str]) -> bool:
+        if key not in values:
+            return False
+        if values[key] in names:
+            return True
+        hint = _did_you_mean(str(values[key]), names)
+        problems.append(
+            f"{key}={values[key]!r}: expected one of {', '.join(map(repr, names))}{hint}"
+        )
+        return False
+
+    # data
+    name_ok = choice("data.name", SOURCE_NAMES)
+    size_ok = at_least("data.image_size", 0)
+    if name_ok and size_ok and not values["data.name"].startswith(TFDS_PREFIX):
+        check(
+            "data.image_size",
+            lambda v: v == 0,
+            f"0 for {values['data.name']!r} (data.image_size resizes TFDS datasets only)",
+        )
+    check("data.split", lambda v: v != "", "a split name such as 'train'")
+    at_least("data.num_threads", 0)  # 0 reads in the calling thread
+    at_least("data.prefetch_batches", 0)
+
+    # model
+    channels_ok = check(
+        "model.base_channels", lambda v: v >= 4, "an int >= 4 (the timestep embedding's width)"
+    )
+    mults_ok = check(
+        "model.channel_mults",
+        lambda v: len(v) > 0 and all(m >= 1 for m in v),
+        "a non-empty tuple of ints >= 1",
+    )
+    at_least("model.num_res_blocks", 1)
+    check(
+        "model.attention_resolutions",
+        lambda v: all(r >= 1 for r in v),
+        "a tuple of image sides (ints >= 1), possibly empty",
+    )
+    check("model.dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    if at_least("model.num_heads", 1) and channels_ok and mults_ok:
+        _check_heads(values, problems, image_size)
+    choice("model.dtype", tuple(DTYPES))
+    choice("model.conv_weight_grad", CONV_WEIGHT_GRAD_MODES)
+
+    # diffusion
+    timesteps_ok = at_least("diffusion.num_timesteps", 2)
+    if choice("diffusion.schedule", SCHEDULE_NAMES) and (
+        values["diffusion.schedule"] in BETA_RANGE_SCHEDULES
+    ):
+        start_ok = check("diffusion.beta_start", lambda v: 0 < v < 1, "a float in (0, 1)")
+        end_ok = check("diffusion.beta_end", lambda v: 0 < v < 1, "a float in (0, 1)")
+        if start_ok and end_ok and values["diffusion.beta_start"] > values["diffusion.beta_end"]:
+            problems.append(
+                f"diffusion.beta_start={values['diffusion.beta_start']!r}: expected at most "
+                f"diffusion.beta_end={values['diffusion.beta_end']!r}"
+            )
+    choice("diffusion.prediction_type", PREDICTION_TYPES)
+    choice("diffusion.loss_weighting", LOSS_WEIGHTINGS)
+    check("diffusion.min_snr_gamma", lambda v: v > 0, "a float > 0")
+    check("diffusion.p_uncond", lambda v: 0 <= v < 1, "a float in [0, 1)")
+
+    # optim
+    check("optim.learning_rate", lambda v: v > 0, "a float > 0")
+    at_least("optim.warmup_steps", 0)
+    at_least("optim.weight_decay", 0, "a float")
+    check("optim.b1", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("optim.b2", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    check("optim.grad_clip_norm", lambda v: v >= 0, "a float >= 0 (0 disables clipping)")
+
+    # training
+    batch_ok = at_least("training.batch_size", 1)
+    at_least("training.num_steps", 1)
+    at_least("training.log_every", 1)
+    at_least("training.checkpoint_every", 1)
+    at_least("training.max_checkpoints_to_keep", 1)
+    check("training.save_timeout_s", lambda v: v > 0, "a float > 0 (seconds)")
+    accum_ok = at_least("training.grad_accum_steps", 1)
+    if batch_ok and accum_ok:
+        accum = values["training.grad_accum_steps"]
+        check(
+            "training.batch_size",
+            lambda v: v % accum == 0,
+            f"a multiple of training.grad_accum_steps={accum} (each device's share of the "
+            "batch splits into that many microbatches)",
+        )
+    check("training.ema_decay", lambda v: 0 <= v <= 1, "a float in [0, 1]")
+    check("training.seed", lambda v: 0 <= v <= MAX_SEED, f"an int in [0, {MAX_SEED}]")
+
+    # sampling
+    if "sampling.sampler" in values:
+        try:
+            parse_sampler_name(values["sampling.sampler"])
+        except ValueError as e:
+            problems.append(f"sampling.sampler={values['sampling.sampler']!r}: {e}")
+    if at_least("sampling.num_steps", 1) and timesteps_ok:
+        limit = values["diffusion.num_timesteps"]
+        check(
+            "sampling.num_steps",
+            lambda v: v <= limit,
+            f"at most diffusion.num_timesteps={limit}",
+        )
+    check("sampling.eta", lambda v: v >= 0, "a float >= 0")
+    check("sampling.clip_x0", lambda v: v is None or v > 0, "a float > 0, or None for no clipping")
+
+
+def _check_heads(values: dict[str, Any], problems: list[str], image_size: int | None) -> None:
+    """``model.num_heads`` must divide the channels of every attention block of the UNet.
+
+    The middle block always has attention (at the last level's channels); the levels do
+    where the image side there is in ``model.attention_resolutions``, which needs
+    ``image_size``.
+    """
+    heads = values["model.num_heads"]
+    base = values["model.base_channels"]
+    mults = values["model.channel_mults"]
+    attended = {f"the {base * mults[-1]} channels of the middle block": base * mults[-1]}
+    if image_size is not None:
+        factor = 2 ** (len(mults) - 1)
+        if image_size % factor:
+            problems.append(
+                f"model.channel_mults={mults!r}: {len(mults)} levels need an image side "
+                f"divisible by {factor}, got {image_size}"
+            )
+        resolutions = values.get("model.attention_resolutions", ())
+        for level, mult in enumerate(mults):
+            side = image_size // 2**level
+            if side in resolutions:
+                attended[f"the {base * mult} channels of level {level} ({side}x{side})"] = (
+                    base * mult
+                )
+    for where, channels in attended.items():
+        if channels % heads:
+            problems.append(
+                f"model.num_heads={heads!r}: expected a divisor of the channels of every "
+                f"attention block; {where} are not divisible by it"
+            )
 
 
 def _parse_value(key: str, raw: str, default: Any) -> Any:

@@ -24,11 +24,11 @@ from diffjax import builders, images
 from diffjax.config import apply_overrides, digits_config
 from diffjax.data import load_digits
 from diffjax.evaluate import EvalContext, load_evaluation_context, run_pareto_sweep
+from diffjax.files import write_text_atomic
 from diffjax.generate import generate
 from diffjax.metrics.classifier import ClassifierParams, accuracy, class_agreement
 from diffjax.metrics.pareto import PARETO_COLUMNS, best_per_nfe, format_pareto_table
 from diffjax.training import train
-from diffjax.training.checkpoint import write_text_atomic
 
 DEFAULT_GUIDANCE_SCALES = (0.0, 1.0, 3.0)
 DEFAULT_PARETO_SAMPLERS = ("ddim", "dpm++2m", "ddpm")

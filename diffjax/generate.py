@@ -8,6 +8,7 @@ traced arguments, so sweeping them never recompiles.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -31,6 +32,7 @@ from diffjax.samplers import (
     sample,
     unipc,
 )
+from diffjax.samplers.driver import check_nonnegative_scalar, concrete_value
 from diffjax.schedules import DiscreteSchedule, linspace_timesteps, trailing_timesteps
 
 # Sampler names of the command line and configs: (family, options).
@@ -49,6 +51,9 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "edm-heun": ("edm", {}),
 }
 SAMPLER_NAMES = tuple(_SAMPLERS)
+# Sampler families whose stochasticity ``eta`` sets (DDIM's); others take no eta.
+_ETA_FAMILIES = ("ddim",)
+ETA_SAMPLER_NAMES = tuple(n for n, (family, _) in _SAMPLERS.items() if family in _ETA_FAMILIES)
 # Time grids a sampler name may choose with a suffix, ``'dpm++2m@logsnr'``: 'linspace' is
 # the default below; 'logsnr' is DPM-Solver's logSNR-uniform grid from t = T-1 to t = 0
 # (sigma_min, no final step onto sigma = 0).
@@ -80,6 +85,47 @@ def parse_sampler_name(name: str) -> tuple[str, str]:
             f"{base!r} uses its own grid"
         )
     return base, grid
+
+
+def check_num_steps(num_steps: Any) -> int:
+    """Returns ``num_steps`` as an int, or raises a ValueError naming it.
+
+    Raises:
+      ValueError: unless ``num_steps`` is an int (not a bool) ``>= 1``.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+        raise ValueError(
+            f"num_steps must be an int >= 1 (the number of sampler steps), got "
+            f"num_steps={num_steps!r} of type {type(num_steps).__name__}"
+        )
+    if num_steps < 1:
+        raise ValueError(
+            f"num_steps must be an int >= 1 (the number of sampler steps), got {num_steps=}"
+        )
+    return int(num_steps)
+
+
+def check_sampler_eta(name: str, eta: Any) -> None:
+    """Checks ``eta`` against sampler ``name`` when it is concrete (a traced eta passes).
+
+    Only DDIM (``ETA_SAMPLER_NAMES``) has an ``eta``; any other sampler would silently
+    ignore one, so a nonzero eta for it is refused.
+
+    Raises:
+      ValueError: naming ``eta`` for a non-scalar, non-finite or negative value, and
+        naming the sampler for a nonzero eta it does not take.
+    """
+    base, _ = parse_sampler_name(name)
+    value = concrete_value(eta)
+    if value is None:
+        return
+    deterministic = check_nonnegative_scalar("eta", eta)
+    if not deterministic and _SAMPLERS[base][0] not in _ETA_FAMILIES:
+        takers = " or ".join(repr(n) for n in ETA_SAMPLER_NAMES)
+        raise ValueError(
+            f"eta={float(value)!r} was given, but sampler={name!r} takes no eta (it would be "
+            f"ignored); only {takers} takes eta: use sampler={takers} or leave eta=0"
+        )
 
 
 def network_evaluations(name: str, num_steps: int) -> int:
@@ -158,9 +204,16 @@ def make_sampler(
     it is the budget of network calls. ``eta`` is DDIM's. ``clip_x0`` clips x0 for
     DDIM/DDPM and becomes dynamic thresholding with that maximum for DPM-Solver++ and
     UniPC; 'edm-heun' does not clip (as in Karras et al.).
+
+    Raises:
+      ValueError: for an unknown sampler or grid, ``num_steps`` that is not an int
+        ``>= 1`` (or too many for the grid), or a concrete ``eta`` that is negative,
+        non-finite, or nonzero for a sampler other than DDIM.
     """
     base, grid = parse_sampler_name(name)
     family, options = _SAMPLERS[base]
+    num_steps = check_num_steps(num_steps)
+    check_sampler_eta(name, eta)
     T = schedule.num_timesteps
     if family == "ddim":
         return ddim(schedule, sampling_timesteps(T, num_steps), eta=eta, clip_x0=clip_x0)
@@ -224,8 +277,37 @@ def check_guidance_supported(model: UNet, p_uncond: float) -> None:
         )
 
 
+def check_guidance_scale(guidance_scale: Any) -> None:
+    """Checks a concrete guidance scale (a traced one passes).
+
+    Raises:
+      ValueError: naming ``guidance_scale`` unless it is a finite scalar.
+    """
+    scale = concrete_value(guidance_scale)
+    if scale is None:
+        return
+    try:
+        finite = scale.ndim == 0 and math.isfinite(float(scale))
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        raise ValueError(
+            f"guidance_scale must be a finite number, got {guidance_scale=!r} (None runs "
+            "the conditional model without guidance)"
+        )
+
+
 def check_labels(labels: Any, num_classes: int | None) -> np.ndarray | None:
-    """Validates requested class labels (concrete values) against the model."""
+    """Validates requested class labels (concrete values) against the model.
+
+    Returns:
+      The labels as int32, or ``None`` for an unconditional model.
+
+    Raises:
+      ValueError: for labels given to an unconditional model, none given to a
+        conditional one, an empty array (no samples requested), or labels that are not
+        a 1-D integer array in ``[0, num_classes)``.
+    """
     if num_classes is None:
         if labels is not None:
             raise ValueError("labels given to an unconditional model")
@@ -233,6 +315,11 @@ def check_labels(labels: Any, num_classes: int | None) -> np.ndarray | None:
     if labels is None:
         raise ValueError(f"a class-conditional model needs labels in [0, {num_classes})")
     labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError(
+            f"labels is empty (shape {labels.shape}): no samples requested; give at least one "
+            f"class label in [0, {num_classes})"
+        )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype}{labels.shape}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
@@ -350,9 +437,24 @@ def generate(
 
     Returns:
       float32 images (B, H, W, C).
+
+    Raises:
+      ValueError: before anything is compiled, for an unknown sampler, ``num_steps``
+        that is not an int ``>= 1``, an ``eta`` that is negative, non-finite or nonzero
+        for a sampler other than DDIM, a non-finite ``guidance_scale``, a
+        ``guidance_rescale`` outside ``[0, 1]`` (NaN included), a malformed
+        ``guidance_interval``, guidance refinements without a ``guidance_scale``, bad
+        or empty labels, a bad ``num_samples``, or a model that cannot be guided.
     """
+    parse_sampler_name(sampler)
+    num_steps = check_num_steps(num_steps)
+    check_sampler_eta(sampler, eta)
     labels = check_labels(labels, model.num_classes)
     guided = guidance_scale is not None
+    if guided:
+        check_guidance_scale(guidance_scale)
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale=}")
     if guided:
         check_guidance_supported(model, p_uncond)
     elif guidance_rescale != 0.0 or guidance_interval is not None:
@@ -360,15 +462,19 @@ def generate(
             "guidance_rescale and guidance_interval refine classifier-free guidance; "
             "give a guidance_scale too"
         )
-    if not 0.0 <= guidance_rescale <= 1.0:
-        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale=}")
     lo, hi = (-np.inf, np.inf) if guidance_interval is None else guidance_interval
     if not lo <= hi:
         raise ValueError(f"guidance_interval must have t_lo <= t_hi, got {guidance_interval=}")
     if labels is not None:
         batch_size = len(labels)
-    elif num_samples is None or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r} must be >= 1 for an unconditional model")
+    elif (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, int | np.integer)
+        or num_samples < 1
+    ):
+        raise ValueError(
+            f"num_samples={num_samples!r} must be an int >= 1 for an unconditional model"
+        )
     else:
         batch_size = int(num_samples)
     return _generate(

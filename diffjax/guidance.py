@@ -40,8 +40,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffjax.parameterization import Denoised, DenoiseFn, expand_to
-from diffjax.samplers.driver import check_denoised, concrete_value
+from diffjax.parameterization import (
+    Denoised,
+    DenoiseFn,
+    ScheduledDenoiser,
+    denoiser_schedule,
+    expand_to,
+)
+from diffjax.samplers.driver import check_denoised, check_same_schedule, concrete_value
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -135,14 +141,24 @@ def classifier_free_guidance(
         ``rescale`` is not a concrete zero.
 
     Returns:
-      A guided ``denoise_fn(x, t, cond) -> Denoised``.
+      A guided ``denoise_fn(x, t, cond) -> Denoised``; when ``denoise_fn`` records its
+      schedule (:func:`~diffjax.parameterization.make_denoiser`), so does the guided one
+      (a :class:`~diffjax.parameterization.ScheduledDenoiser`), for the samplers' check.
 
     Raises:
       ValueError: if ``rescale`` is a concrete value outside ``[0, 1]``, if rescale is
-        asked for without a ``schedule``, or if ``interval`` is malformed.
+        asked for without a ``schedule``, if ``interval`` is malformed, or if
+        ``schedule`` differs from the schedule ``denoise_fn`` records.
     """
     use_rescale = _check_rescale(rescale, schedule)
     bounds = _check_interval(interval)
+    inner_schedule = denoiser_schedule(denoise_fn)
+    check_same_schedule(
+        inner_schedule,
+        schedule,
+        ("denoise_fn given to classifier_free_guidance", "schedule argument"),
+        "pass schedule= the schedule the denoiser was built with (make_denoiser's)",
+    )
 
     def guided(x: Array, t: ArrayLike, cond: Any) -> Denoised:
         if cond is None:
@@ -154,11 +170,11 @@ def classifier_free_guidance(
         both_cond = jax.tree_util.tree_map(
             lambda c, n: jnp.concatenate([jnp.asarray(c), n], axis=0), cond, null
         )
+        x_both = jnp.concatenate([x, x], axis=0)
         out = check_denoised(
-            denoise_fn(
-                jnp.concatenate([x, x], axis=0), jnp.concatenate([t_vec, t_vec], axis=0), both_cond
-            ),
+            denoise_fn(x_both, jnp.concatenate([t_vec, t_vec], axis=0), both_cond),
             "the denoise_fn given to classifier_free_guidance",
+            shape=x_both.shape,
         )
         w = jnp.asarray(guidance_scale, jnp.float32)
         phi = jnp.asarray(rescale, jnp.float32)
@@ -183,4 +199,6 @@ def classifier_free_guidance(
             eps, x0 = eps + delta, x0 - sigma_over_alpha * delta
         return Denoised(eps=eps, x0=x0)
 
-    return guided
+    if inner_schedule is None:
+        return guided
+    return ScheduledDenoiser(guided, inner_schedule)

@@ -42,9 +42,9 @@ import numpy as np
 
 from diffjax import images
 from diffjax.evaluate import EvalContext, evaluate_samples, sampler_nfe
+from diffjax.files import write_text_atomic
 from diffjax.generate import generate
 from diffjax.schedules import DiscreteSchedule
-from diffjax.training.checkpoint import write_text_atomic
 
 __all__ = [
     "GUIDANCE_COLUMNS",

@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -33,7 +34,9 @@ __all__ = [
     "DenoiseFn",
     "Denoised",
     "ModelFn",
+    "ScheduledDenoiser",
     "check_prediction_type",
+    "denoiser_schedule",
     "eps_to_v",
     "eps_to_x0",
     "expand_to",
@@ -64,6 +67,37 @@ class DenoiseFn(Protocol):
     """``denoise_fn(x, t, cond) -> Denoised`` with ``t`` a scalar or ``(B,)`` model times."""
 
     def __call__(self, x: Array, t: ArrayLike, cond: Any) -> Denoised: ...  # noqa: D102
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScheduledDenoiser:
+    """A denoiser that records the noise schedule it was built for.
+
+    Calling it calls ``fn``. :func:`make_denoiser` and
+    :func:`~diffjax.guidance.classifier_free_guidance` return one, so that
+    :func:`~diffjax.samplers.sample` can refuse a sampler built for another schedule
+    (which would silently misread the network). A plain function records no schedule
+    and is not checked. It hashes and compares by identity, like a function.
+
+    Attributes:
+      fn: ``fn(x, t, cond) -> Denoised``.
+      schedule: the schedule ``fn`` converts predictions with (``alpha(t)``,
+        ``sigma(t)``).
+    """
+
+    fn: Callable[..., Denoised]
+    schedule: Any
+
+    def __call__(self, x: Array, t: ArrayLike, cond: Any = None) -> Denoised:
+        """Calls ``fn(x, t, cond)``."""
+        return self.fn(x, t, cond)
+
+
+def denoiser_schedule(denoise_fn: Any) -> Any:
+    """The schedule a denoiser records (a :class:`ScheduledDenoiser`), else ``None``."""
+    if isinstance(denoise_fn, ScheduledDenoiser):
+        return denoise_fn.schedule
+    return None
 
 
 def check_prediction_type(prediction_type: str) -> str:
@@ -159,7 +193,9 @@ def training_target(
     return x0_eps_to_v(x0, eps, alpha, sigma)
 
 
-def make_denoiser(model_fn: ModelFn, schedule: Any, prediction_type: str) -> DenoiseFn:
+def make_denoiser(
+    model_fn: ModelFn, schedule: Any, prediction_type: str
+) -> ScheduledDenoiser:
     """Wraps a raw network into a denoiser returning float32 ``(eps, x0)``.
 
     The network is called as ``model_fn(x, t_vec, cond)`` with ``x`` float32 and
@@ -174,7 +210,9 @@ def make_denoiser(model_fn: ModelFn, schedule: Any, prediction_type: str) -> Den
       prediction_type: what the network predicts: ``'eps'``, ``'x0'`` or ``'v'``.
 
     Returns:
-      ``denoise_fn(x, t, cond) -> Denoised`` with ``t`` a scalar or ``(B,)``.
+      ``denoise_fn(x, t, cond) -> Denoised`` with ``t`` a scalar or ``(B,)``, as a
+      :class:`ScheduledDenoiser` that records ``schedule`` (samplers built for another
+      schedule refuse it).
 
     Raises:
       ValueError: for an unknown ``prediction_type``.
@@ -196,4 +234,4 @@ def make_denoiser(model_fn: ModelFn, schedule: Any, prediction_type: str) -> Den
             return Denoised(eps=x0_to_eps(x, out, alpha, sigma), x0=out)
         return Denoised(eps=v_to_eps(x, out, alpha, sigma), x0=v_to_x0(x, out, alpha, sigma))
 
-    return denoise_fn
+    return ScheduledDenoiser(denoise_fn, schedule)

@@ -44,6 +44,7 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 __all__ = [
+    "SCHEDULE_NAMES",
     "CosineVPSchedule",
     "DiscreteSchedule",
     "LinearVPSchedule",
@@ -291,6 +292,8 @@ _BETA_FNS = {
     "scaled_linear": scaled_linear_betas,
     "cosine": cosine_betas,
 }
+# The schedule names `make_schedule` (and `config.diffusion.schedule`) accepts.
+SCHEDULE_NAMES = tuple(_BETA_FNS)
 
 
 def make_schedule(name: str, num_timesteps: int = 1000, **kwargs: Any) -> DiscreteSchedule:
@@ -307,8 +310,8 @@ def make_schedule(name: str, num_timesteps: int = 1000, **kwargs: Any) -> Discre
     Raises:
       ValueError: for an unknown ``name``.
     """
-    if name not in _BETA_FNS:
-        raise ValueError(f"unknown schedule {name=!r}; expected one of {sorted(_BETA_FNS)}")
+    if name not in SCHEDULE_NAMES:
+        raise ValueError(f"unknown schedule {name=!r}; expected one of {sorted(SCHEDULE_NAMES)}")
     return DiscreteSchedule.from_betas(_BETA_FNS[name](num_timesteps, **kwargs))
 
 

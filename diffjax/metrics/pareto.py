@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diffjax.training.checkpoint import write_text_atomic
+from diffjax.files import write_text_atomic
 
 __all__ = [
     "PARETO_COLUMNS",

@@ -17,8 +17,10 @@ from diffjax.samplers.dpm_solver import (
 from diffjax.samplers.driver import (
     Sampler,
     check_denoised,
+    check_same_schedule,
     check_timesteps,
     sample,
+    schedule_mismatch,
     transition_beta,
 )
 from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
@@ -42,6 +44,7 @@ __all__ = [
     "SinglestepState",
     "UniPCState",
     "check_denoised",
+    "check_same_schedule",
     "check_timesteps",
     "ddim",
     "ddim_inversion",
@@ -57,6 +60,7 @@ __all__ = [
     "karras_sigmas",
     "multistep_orders",
     "sample",
+    "schedule_mismatch",
     "transition_beta",
     "unipc",
     "unipc_corrector_orders",

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.parameterization import Denoised, DenoiseFn
+from diffjax.parameterization import Denoised, ScheduledDenoiser
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -92,11 +92,12 @@ class GaussianMixture(NamedTuple):
         scale = jnp.asarray(self.eigvecs * np.sqrt(self.eigvals)[:, None, :], dtype)
         return jnp.asarray(self.means, dtype)[comp] + jnp.einsum("nij,nj->ni", scale[comp], z)
 
-    def denoiser(self, schedule: Any) -> DenoiseFn:
+    def denoiser(self, schedule: Any) -> ScheduledDenoiser:
         """The exact ``denoise_fn(x, t, cond) -> Denoised`` (``eps*`` and ``x0*``).
 
         ``x`` is ``(B, d)``, ``t`` a scalar or ``(B,)`` model times of ``schedule``;
-        ``cond`` is unused.
+        ``cond`` is unused. It records ``schedule``, so samplers built for another
+        schedule refuse it.
         """
 
         def denoise_fn(x: Array, t: ArrayLike, cond: Any = None) -> Denoised:
@@ -118,4 +119,4 @@ class GaussianMixture(NamedTuple):
             eps = -s[:, :, 0] * score
             return Denoised(eps=eps, x0=(x - s[:, :, 0] * eps) / a[:, :, 0])
 
-        return denoise_fn
+        return ScheduledDenoiser(denoise_fn, schedule)

@@ -95,4 +95,6 @@ def ddpm(
     def finalize(state: DDPMState) -> Array:
         return state.x
 
-    return Sampler(num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+    )

@@ -136,4 +136,6 @@ def ddim(
     def finalize(state: DDIMState) -> Array:
         return state.x
 
-    return Sampler(num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+    )

@@ -475,7 +475,9 @@ def dpm_solver_singlestep(
     def finalize(state: SinglestepState) -> Array:
         return state.x
 
-    return Sampler(num_steps=num_steps, init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+    )
 
 
 # --------------------------------------------------------------------------------------

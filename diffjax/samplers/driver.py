@@ -13,21 +13,31 @@ may be traced and never forces a recompile.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.parameterization import DenoiseFn
+from diffjax.parameterization import DenoiseFn, denoiser_schedule
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 SamplerState = Any
 
-__all__ = ["Sampler", "check_denoised", "check_timesteps", "sample", "transition_beta"]
+__all__ = [
+    "Sampler",
+    "check_denoised",
+    "check_same_schedule",
+    "check_timesteps",
+    "sample",
+    "schedule_mismatch",
+    "transition_beta",
+]
 
 
 class Sampler(NamedTuple):
@@ -39,12 +49,16 @@ class Sampler(NamedTuple):
       step: ``step(denoise_fn, state, step_index, key, cond) -> state``; ``step_index``
         is a traced int32 scalar in ``[0, num_steps)``.
       finalize: ``finalize(state) -> x``.
+      schedule: the noise schedule the sampler was built for (every factory in
+        :mod:`diffjax.samplers` sets it), or ``None`` for a hand-written sampler.
+        :func:`sample` refuses a denoiser that records a different schedule.
     """
 
     num_steps: int
     init: Callable[[Array], SamplerState]
     step: Callable[[DenoiseFn, SamplerState, Array, Array, Any], SamplerState]
     finalize: Callable[[SamplerState], Array]
+    schedule: Any = None
 
 
 def concrete_value(x: Any) -> np.ndarray | None:
@@ -62,16 +76,21 @@ def check_nonnegative_scalar(name: str, value: Any) -> bool:
       Whether ``value`` is a concrete zero (the sampler can then skip its noise).
 
     Raises:
-      ValueError: naming ``name`` for a concrete non-scalar or negative value.
+      ValueError: naming ``name`` for a concrete non-scalar, non-numeric, non-finite or
+        negative value.
     """
     v = concrete_value(value)
     if v is None:
         return False
     if v.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {v.shape}")
-    if not v >= 0:
-        raise ValueError(f"{name} must be >= 0, got {name}={float(v)!r}")
-    return float(v) == 0.0
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}") from None
+    if not (math.isfinite(f) and f >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={f!r}")
+    return f == 0.0
 
 
 def state_dtype(x: ArrayLike) -> Any:
@@ -79,25 +98,163 @@ def state_dtype(x: ArrayLike) -> Any:
     return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
 
 
-def check_denoised(out: Any, name: str = "denoise_fn") -> Any:
-    """Returns ``out`` if it is a denoiser output (has ``eps`` and ``x0``), else raises.
+def check_denoised(
+    out: Any, name: str = "denoise_fn", shape: Sequence[int] | None = None
+) -> Any:
+    """Returns ``out`` if it is a denoiser output of the right shape, else raises.
 
     Samplers consume :class:`~diffjax.parameterization.Denoised`; a raw network output
     (an array of eps, x0 or v) cannot be interpreted without knowing its prediction type,
     so it is refused at trace time instead of being silently read as the wrong quantity.
+    With ``shape`` (the shape of the ``x`` the denoiser was called on), ``eps`` and
+    ``x0`` must have exactly that shape: an output that merely broadcasts against ``x``
+    (say, one without the batch axis) would give every sample the same prediction.
+    Shapes are static, so this is a trace-time check.
+
+    Args:
+      out: what the denoiser returned.
+      name: how to name the denoiser in the error.
+      shape: the expected shape of ``out.eps`` and ``out.x0``; ``None`` skips the check.
+
+    Returns:
+      ``out``, unchanged.
 
     Raises:
-      TypeError: naming ``name`` and the fix (``make_denoiser``).
+      TypeError: naming ``name`` and the fix (``make_denoiser``) when ``out`` is not a
+        ``Denoised``.
+      ValueError: naming ``name``, the expected and the actual shape when ``eps`` or
+        ``x0`` does not have the shape of ``x``.
     """
-    if hasattr(out, "eps") and hasattr(out, "x0"):
-        return out
-    shape = getattr(out, "shape", None)
-    got = f"an array of shape {tuple(shape)}" if shape is not None else type(out).__name__
-    raise TypeError(
-        f"{name} must return Denoised(eps, x0), got {got}: samplers never see the raw "
-        "network. Wrap an eps, x0 or v network with "
-        "diffjax.make_denoiser(model_fn, schedule, prediction_type)"
-    )
+    if not (hasattr(out, "eps") and hasattr(out, "x0")):
+        got_shape = getattr(out, "shape", None)
+        got = (
+            f"an array of shape {tuple(got_shape)}"
+            if got_shape is not None
+            else type(out).__name__
+        )
+        raise TypeError(
+            f"{name} must return Denoised(eps, x0), got {got}: samplers never see the raw "
+            "network. Wrap an eps, x0 or v network with "
+            "diffjax.make_denoiser(model_fn, schedule, prediction_type)"
+        )
+    if shape is not None:
+        expected = tuple(shape)
+        for field in ("eps", "x0"):
+            actual = tuple(jnp.shape(getattr(out, field)))
+            if actual != expected:
+                raise ValueError(
+                    f"{name} returned Denoised.{field} of shape {actual}, but it was called "
+                    f"on x of shape {expected}: eps and x0 must have exactly the shape of x "
+                    "(batch axis included; an output that only broadcasts would make every "
+                    "sample alike)"
+                )
+    return out
+
+
+def _field_values(schedule: Any) -> list[tuple[str, Any]] | None:
+    """A schedule's defining values as ``(name, value)`` pairs, or None if unknown."""
+    if dataclasses.is_dataclass(schedule) and not isinstance(schedule, type):
+        return [(f.name, getattr(schedule, f.name)) for f in dataclasses.fields(schedule)]
+    return None
+
+
+def _value_mismatch(field: str, a: Any, b: Any, names: tuple[str, str]) -> str | None:
+    """Describes how two concrete field values differ; None if equal or not comparable."""
+    try:
+        va, vb = concrete_value(a), concrete_value(b)
+    except (TypeError, ValueError):
+        return None  # not array-like: not compared
+    if va is None or vb is None:
+        return None  # traced: cannot tell here
+    na, nb = names
+    if va.shape != vb.shape:
+        return f"{field} differs (shape {va.shape} for the {na}, {vb.shape} for the {nb})"
+    try:
+        numeric = va.dtype.kind in "fc" and vb.dtype.kind in "fc"
+        equal = bool(np.array_equal(va, vb, equal_nan=numeric))
+    except (TypeError, ValueError):
+        return None
+    if equal:
+        return None
+    if va.ndim == 0:
+        return f"{field} differs ({va.item()!r} for the {na}, {vb.item()!r} for the {nb})"
+    detail = f"in {int(np.count_nonzero(va != vb))} of {va.size} entries"
+    if va.dtype.kind in "biuf" and vb.dtype.kind in "biuf":
+        diff = np.abs(va.astype(np.float64) - vb.astype(np.float64))
+        detail += f", max |difference| {float(np.nanmax(diff)):.3g}"
+    return f"{field} differs ({detail})"
+
+
+def schedule_mismatch(
+    a: Any, b: Any, names: tuple[str, str] = ("sampler", "denoise_fn")
+) -> str | None:
+    """How two noise schedules differ by value, or ``None`` if they match or are unknown.
+
+    Schedules are compared by class and then, for dataclass schedules (every schedule
+    in :mod:`diffjax.schedules`), field by field: arrays such as
+    ``DiscreteSchedule.alphas_cumprod`` with ``np.array_equal``, static fields such as
+    ``LinearVPSchedule.beta_max`` by value. Two distinct but equal-valued schedule
+    objects match. Fields that are traced (a schedule passed through ``jax.jit`` as an
+    argument) cannot be compared and are skipped, as are schedules of another
+    structure of the same class.
+
+    Args:
+      a: a schedule, or ``None`` (unknown).
+      b: another schedule, or ``None``.
+      names: how to name the owners of ``a`` and ``b`` in the description.
+
+    Returns:
+      A description such as ``'alphas_cumprod differs (in 3 of 20 entries, ...)'``, or
+      ``None``.
+    """
+    if a is None or b is None or a is b:
+        return None
+    na, nb = names
+    if type(a) is not type(b):
+        return (
+            f"the schedule class differs ({type(a).__name__} for the {na}, "
+            f"{type(b).__name__} for the {nb})"
+        )
+    fields_a, fields_b = _field_values(a), _field_values(b)
+    if fields_a is None or fields_b is None:
+        return None
+    for (field, va), (_, vb) in zip(fields_a, fields_b, strict=True):
+        problem = _value_mismatch(field, va, vb, names)
+        if problem is not None:
+            return problem
+    return None
+
+
+_SAME_SCHEDULE_FIX = (
+    "build both from the same schedule: make_denoiser(model_fn, schedule, prediction_type) "
+    "and the sampler factory's schedule argument"
+)
+
+
+def check_same_schedule(
+    expected: Any,
+    actual: Any,
+    names: tuple[str, str] = ("sampler", "denoise_fn"),
+    fix: str = _SAME_SCHEDULE_FIX,
+) -> None:
+    """Raises if two known schedules differ by value (see :func:`schedule_mismatch`).
+
+    Args:
+      expected: the schedule one side was built for (``None``: unknown, no check).
+      actual: the schedule the other side was built for (``None``: unknown).
+      names: how to name the two sides in the error.
+      fix: what to do about it, appended to the error.
+
+    Raises:
+      ValueError: naming both sides, what differs and ``fix``.
+    """
+    problem = schedule_mismatch(expected, actual, names)
+    if problem is not None:
+        na, nb = names
+        raise ValueError(
+            f"the {na} and the {nb} were built for different noise schedules: {problem}; "
+            f"{fix}"
+        )
 
 
 def transition_beta(schedule: Any, t: ArrayLike, t_prev: ArrayLike) -> Array:
@@ -184,18 +341,27 @@ def sample(
     Returns:
       The final sample, or ``(sample, trajectory)`` with ``trajectory`` of shape
       ``(num_steps + 1, *x_T.shape)`` (``trajectory[0]`` is ``finalize(init(x_T))``).
+
+    Raises:
+      TypeError: for a non-int ``sampler.num_steps`` or a denoiser that does not
+        return ``Denoised``.
+      ValueError: for ``sampler.num_steps < 1``, a denoiser output whose ``eps`` or
+        ``x0`` does not have the shape of ``x``, or a sampler and a denoiser that record
+        different schedules (``sampler.schedule`` and the schedule of
+        :func:`~diffjax.parameterization.make_denoiser`; a plain function records none).
     """
     num_steps = sampler.num_steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
         raise TypeError(f"sampler.num_steps must be a static int, got {num_steps!r}")
     if num_steps < 1:
         raise ValueError(f"sampler.num_steps must be >= 1, got {num_steps}")
+    check_same_schedule(getattr(sampler, "schedule", None), denoiser_schedule(denoise_fn))
     x_T = jnp.asarray(x_T, state_dtype(x_T))
     state = sampler.init(x_T)
     raw_fn = denoise_fn
 
     def denoise_fn(x: Array, t: ArrayLike, cond: Any) -> Any:
-        return check_denoised(raw_fn(x, t, cond))
+        return check_denoised(raw_fn(x, t, cond), shape=jnp.shape(x))
 
     def body(state: SamplerState, i: Array) -> tuple[SamplerState, Array | None]:
         new_state = sampler.step(denoise_fn, state, i, jax.random.fold_in(key, i), cond)

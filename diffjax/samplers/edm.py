@@ -220,4 +220,6 @@ def edm_heun(
     def finalize(state: EDMState) -> Array:
         return state.alpha * state.x
 
-    return Sampler(num_steps=num_steps, init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+    )

@@ -102,4 +102,6 @@ def ddim_inversion(schedule: Any, timesteps: ArrayLike) -> Sampler:
     def finalize(state: DDIMInversionState) -> Array:
         return state.x
 
-    return Sampler(num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+    )

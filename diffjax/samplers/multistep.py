@@ -267,4 +267,6 @@ def dpm_solver_multistep(
     def finalize(state: MultistepState) -> Array:
         return state.x
 
-    return Sampler(num_steps=num_steps, init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+    )

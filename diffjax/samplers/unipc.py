@@ -322,4 +322,6 @@ def unipc(
     def finalize(state: UniPCState) -> Array:
         return state.x
 
-    return Sampler(num_steps=num_steps, init=init, step=step, finalize=finalize)
+    return Sampler(
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+    )

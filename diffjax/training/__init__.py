@@ -1,9 +1,47 @@
-"""Training: state, optimizer, the jitted step, sharding, checkpoints, the loop."""
+"""Training: state, optimizer, the jitted step, sharding, checkpoints, the loop.
 
-from diffjax.training.loop import load_trained, load_training_data, train
-from diffjax.training.optimizer import make_optimizer
-from diffjax.training.state import TrainState, create_train_state, ema_decay_at, update_ema
-from diffjax.training.step import make_train_step
+The names below are imported on first use, so that a light submodule
+(:mod:`diffjax.training.preemption`) can be imported without JAX, orbax or grain.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names, for type checkers and IDEs
+    from diffjax.training.loop import load_trained, load_training_data, train
+    from diffjax.training.optimizer import make_optimizer
+    from diffjax.training.state import (
+        TrainState,
+        create_train_state,
+        ema_decay_at,
+        update_ema,
+    )
+    from diffjax.training.step import make_train_step
+
+_LAZY = {
+    "load_trained": "diffjax.training.loop",
+    "load_training_data": "diffjax.training.loop",
+    "train": "diffjax.training.loop",
+    "make_optimizer": "diffjax.training.optimizer",
+    "TrainState": "diffjax.training.state",
+    "create_train_state": "diffjax.training.state",
+    "ema_decay_at": "diffjax.training.state",
+    "update_ema": "diffjax.training.state",
+    "make_train_step": "diffjax.training.step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffjax.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "TrainState",

@@ -7,27 +7,35 @@ its slice of every global batch; keys come from ``fold_in(seed, step)``. The dat
 iterator's state is saved in every checkpoint beside the train state and restored with
 it, so a resumed run repeats exactly the batches and noise of an uninterrupted one.
 
-Preemption: a SIGTERM while ``train`` runs makes it finish the current step, save a
-checkpoint there (synchronously), restore the previous SIGTERM handler and return the
-state; running the same command again resumes. A run killed outright (SIGKILL, power
-loss) resumes from its last finalized checkpoint: orbax writes each checkpoint under a
-temporary name and renames it when complete, and leftovers are ignored and removed.
+Preemption: a SIGTERM or SIGINT at any moment of ``train`` (set-up, a step, the final
+save, shutdown) makes it finish the current step, save a checkpoint there, wait (for at
+most ``training.save_timeout_s``) until it is committed, restore the previous handlers
+and return the state; running the same command again resumes. A run killed outright
+(SIGKILL, power loss) resumes from its last finalized checkpoint: orbax writes each
+checkpoint under a temporary name and renames it when complete, and leftovers are
+ignored and removed. Restores are verified against each checkpoint's integrity record;
+a damaged newest checkpoint is set aside and the next older intact one used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from diffjax import builders
+from diffjax import config as config_lib
 from diffjax.data import (
     ImageDataset,
     ImageSource,
@@ -37,12 +45,14 @@ from diffjax.data import (
     training_batches,
 )
 from diffjax.data.pipeline import check_example
+from diffjax.files import write_text_atomic
 from diffjax.training import checkpoint as ckpt
 from diffjax.training import sharding
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.preemption import PreemptionWatcher
 from diffjax.training.state import TrainState, create_train_state
 from diffjax.training.step import make_train_step
+from diffjax.training.workdir_lock import WorkdirLock
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -81,27 +91,45 @@ def train(
     workdir: str,
     *,
     dataset: ImageDataset | ImageSource | None = None,
+    step: int | None = None,
 ) -> TrainState:
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
+
+    Everything that can refuse the run is checked before anything is written: the
+    config (:func:`diffjax.config.validate_config`), the data, the workdir's saved run
+    (model, diffusion, data) and the checkpoint's array structure (model and
+    optimizer), then ``config.json`` is written atomically; a refused call leaves the
+    workdir as it was. One ``train`` at a time holds a workdir
+    (:class:`~diffjax.training.workdir_lock.WorkdirLock`).
 
     Args:
       config: the full run config (see :func:`diffjax.config.base_config`).
       workdir: where config, checkpoints and ``metrics.jsonl`` live. A workdir with a
-        checkpoint resumes from it; one from an incompatible config is refused.
+        checkpoint resumes from its newest intact one (a damaged newer one is moved to
+        ``checkpoints_set_aside/`` with a warning); one from an incompatible config is
+        refused.
       dataset: training data (in memory or any ImageSource); by default the one
         ``config.data`` names.
+      step: resume from this checkpoint step instead of the newest; newer checkpoints
+        are moved to ``checkpoints_set_aside/`` (nothing is deleted).
 
     Returns:
-      The final TrainState (replicated over the devices). After a SIGTERM its
+      The final TrainState (replicated over the devices). After a SIGTERM or SIGINT its
       ``step`` is where the run stopped (and saved), below ``training.num_steps``.
 
     Raises:
       ValueError: bad config values, a batch that does not split over the devices,
         or a workdir holding another configuration's checkpoint.
+      WorkdirLockedError: another ``train`` runs in the workdir.
+      CheckpointCorruptError: the requested step, or every checkpoint, is damaged.
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
+      CheckpointSaveError: a checkpoint could not be written (the last committed one
+        stands).
     """
+    config_lib.validate_config(config)
     training = config.training
     source = _as_source(dataset) if dataset is not None else load_training_data(config)
+    config_lib.validate_config(config, image_size=int(source.image_shape[0]))
     if training.batch_size > source.num_examples:
         raise ValueError(
             f"training.batch_size={training.batch_size} exceeds the {source.num_examples} "
@@ -110,6 +138,35 @@ def train(
     mesh = sharding.make_mesh()
     sharding.check_batch_size(training.batch_size, mesh, training.grad_accum_steps)
     check_example(source, source.decode(source.records[0]))
+    info = run_info(source)
+    ckpt.check_workdir(workdir, config, info)
+    with PreemptionWatcher() as preemption:
+        created = not os.path.exists(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+        try:
+            if lock is not None:
+                lock.acquire()
+            return _train_locked(config, workdir, source, info, mesh, preemption, step)
+        finally:
+            if lock is not None:
+                lock.release()
+            if created and not os.listdir(workdir):
+                os.rmdir(workdir)  # refused before writing anything: leave no trace
+
+
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    source: ImageSource,
+    info: dict[str, Any],
+    mesh: jax.sharding.Mesh,
+    preemption: PreemptionWatcher,
+    resume_step: int | None,
+) -> TrainState:
+    """The body of :func:`train`, run while holding the workdir lock."""
+    training = config.training
+    ckpt.check_workdir(workdir, config, info)  # again: another run may have written meanwhile
     batches = training_batches(
         source,
         training.batch_size,
@@ -117,8 +174,6 @@ def train(
         random_flip=config.data.random_flip,
         labels=config.model.class_conditional,
     )
-    ckpt.prepare_workdir(workdir, config, run_info(source))
-
     model = builders.build_unet(config.model, source.num_classes)
     schedule = builders.build_schedule(config.diffusion)
     optimizer = make_optimizer(config.optim)
@@ -130,24 +185,171 @@ def train(
 
     base_key = jax.random.key(training.seed)
     init_key, train_key = jax.random.split(base_key)
-    manager = ckpt.checkpoint_manager(
-        workdir,
-        max_to_keep=training.max_checkpoints_to_keep,
-        async_checkpointing=training.async_checkpointing,
-        cleanup_tmp_directories=True,
-    )
+    abstract = ckpt.abstract_with_sharding(jax.eval_shape(init_state, init_key), replicated)
     data_iterator = batch_iterator(
         batches,
         num_threads=config.data.num_threads,
         prefetch_batches=config.data.prefetch_batches,
     )
-    if manager.latest_step() is not None:
-        abstract = ckpt.abstract_with_sharding(jax.eval_shape(init_state, init_key), replicated)
-        state = ckpt.restore(manager, abstract, data_iterator=data_iterator)
-        _align_data_iterator(data_iterator, manager, int(state.step))
-    else:
-        state = jax.jit(init_state, out_shardings=replicated)(init_key)
+    manager = None
+    failed = True
+    try:
+        restored = _restore_for_training(workdir, abstract, data_iterator, resume_step)
+        ckpt.check_writable(os.path.join(workdir, ckpt.CHECKPOINT_DIR))
+        # Every check has passed: from here on the workdir is written.
+        ckpt.write_run_files(workdir, config, info)
+        if restored is not None:
+            _set_aside_after(workdir, restored)
+            state = restored.state
+            _align_data_iterator(data_iterator, workdir, restored.step)
+        else:
+            state = jax.jit(init_state, out_shardings=replicated)(init_key)
+        save_timeout_s = training.save_timeout_s
+        manager = ckpt.checkpoint_manager(
+            workdir,
+            max_to_keep=training.max_checkpoints_to_keep,
+            async_checkpointing=training.async_checkpointing,
+            cleanup_tmp_directories=True,
+            save_timeout_s=save_timeout_s,
+        )
+        preemption.manager = manager
+        state = _run_steps(
+            config, workdir, source, mesh, model, schedule, optimizer, state, train_key,
+            data_iterator, manager, preemption,
+        )
+        _bounded(manager.wait_until_finished, save_timeout_s, "finishing the last save", workdir)
+        failed = False
+    finally:
+        try:
+            if manager is not None:
+                _bounded(manager.close, training.save_timeout_s,
+                         "closing the checkpoint manager", workdir)
+        except CheckpointSaveError:
+            if not failed:
+                raise  # otherwise the first error (already propagating) is the one to report
+        finally:
+            data_iterator.close()
+    return state
 
+
+def _restore_for_training(
+    workdir: str, abstract: Any, data_iterator: Any, step: int | None
+) -> ckpt.Restored | None:
+    """The verified checkpoint to resume from, or None for a fresh run (reads only)."""
+    if not os.path.isdir(os.path.join(workdir, ckpt.CHECKPOINT_DIR)):
+        if step is not None:
+            raise FileNotFoundError(f"--step {step}: {workdir!r} has no checkpoints to resume")
+        return None
+    reader = ckpt.checkpoint_manager(workdir, read_only=True)
+    try:
+        if not reader.all_steps():
+            if step is not None:
+                raise FileNotFoundError(f"--step {step}: {workdir!r} has no checkpoints")
+            return None
+        return ckpt.restore_verified(reader, abstract, step, data_iterator=data_iterator)
+    finally:
+        reader.close()
+
+
+def _set_aside_after(workdir: str, restored: ckpt.Restored) -> None:
+    """Moves checkpoints newer than the restored one out of orbax's sight (none deleted).
+
+    Damaged ones (skipped by the restore) and, when an older step was chosen, intact
+    newer ones, which the resumed run would otherwise collide with or prune.
+    """
+    damaged = {s for s, _ in restored.skipped}
+    if jax.process_index() == 0:
+        directory = os.path.join(workdir, ckpt.CHECKPOINT_DIR)
+        newer = sorted(
+            int(n) for n in os.listdir(directory) if n.isdigit() and int(n) > restored.step
+        )
+        if any(s not in damaged for s in newer):
+            metrics = os.path.join(workdir, METRICS_FILE)
+            if os.path.isfile(metrics):  # keep the superseded run's records too
+                os.makedirs(os.path.join(workdir, ckpt.SET_ASIDE_DIR), exist_ok=True)
+                shutil.copy2(metrics, os.path.join(
+                    workdir, ckpt.SET_ASIDE_DIR, f"{METRICS_FILE}.before-step-{restored.step}"
+                ))
+        for s in newer:
+            reason = "damaged" if s in damaged else "superseded"
+            target = ckpt.set_aside(workdir, s, reason)
+            print(f"diffjax train: moved the {reason} checkpoint of step {s} to {target}",
+                  file=sys.stderr, flush=True)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("diffjax_set_aside")
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float, what: str, workdir: str) -> None:
+    """Runs ``fn`` (an orbax wait) in a thread, failing after ``timeout_s`` seconds.
+
+    A hung filesystem must not keep a preempted job alive forever.
+
+    Raises:
+      CheckpointSaveError: ``fn`` raised (with its cause) or did not return in time.
+    """
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name=f"diffjax-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise CheckpointSaveError(
+            f"{what} in {workdir} did not finish within {timeout_s:g} s "
+            "(training.save_timeout_s); the newest committed checkpoint stands"
+        )
+    if "error" in outcome:
+        raise _save_error(outcome["error"], what, workdir) from outcome["error"]
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the newest committed one stands."""
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def _save_error(e: BaseException, what: str, workdir: str) -> CheckpointSaveError:
+    cause = _root_cause(e)
+    text = " ".join(str(cause).split())
+    if len(text) > 360:  # keep the start (what) and the end (the OS error: why)
+        text = f"{text[:180]} ... {text[-180:]}"
+    return CheckpointSaveError(
+        f"{what} in {os.path.join(workdir, ckpt.CHECKPOINT_DIR)} failed: "
+        f"{type(cause).__name__}: {text}; the newest committed checkpoint stands"
+    )
+
+
+def _run_steps(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    source: ImageSource,
+    mesh: jax.sharding.Mesh,
+    model: Any,
+    schedule: Any,
+    optimizer: Any,
+    state: TrainState,
+    train_key: jax.Array,
+    data_iterator: Any,
+    manager: Any,
+    preemption: PreemptionWatcher,
+) -> TrainState:
+    """The step loop: train, log, check finiteness, save; stop at a signal."""
+    training = config.training
+    replicated = sharding.replicated(mesh)
     step_fn = make_train_step(
         model,
         schedule,
@@ -168,6 +370,15 @@ def train(
     metrics_path = os.path.join(workdir, METRICS_FILE)
     if is_main:
         _drop_records_after(metrics_path, start)
+    if preemption.requested and jax.process_count() == 1:
+        print(
+            f"diffjax train: stopped ({preemption.signal_name}) before step {start + 1}; "
+            + (f"the checkpoint of step {start} stands" if start else "nothing was trained")
+            + "; run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return state
     progress = tqdm(
         total=training.num_steps,
         initial=start,
@@ -179,59 +390,65 @@ def train(
     finite_flags: list[jax.Array] = []  # per step since the last check, left on device
     preempted_at = None
     try:
-        with PreemptionWatcher(manager) as preemption:
-            for step in range(start, training.num_steps):
-                batch = sharding.global_batch(next(data_iterator), mesh)
-                state, metrics = train_step(state, batch, train_key)
-                finite_flags.append(metrics["finite"])
-                window_steps += 1
-                progress.update(1)
-                done = step + 1
-                stop = preemption.reached(done)
-                log = done % training.log_every == 0 or done == training.num_steps
-                save = stop or done % training.checkpoint_every == 0 or done == training.num_steps
-                if log or save:
-                    host = jax.device_get(metrics)
-                    bad_step = first_non_finite_step(
-                        jax.device_get(finite_flags), done - len(finite_flags) + 1
+        for step in range(start, training.num_steps):
+            batch = sharding.global_batch(next(data_iterator), mesh)
+            state, metrics = train_step(state, batch, train_key)
+            finite_flags.append(metrics["finite"])
+            window_steps += 1
+            progress.update(1)
+            done = step + 1
+            stop = preemption.reached(done)
+            log = done % training.log_every == 0 or done == training.num_steps
+            save = stop or done % training.checkpoint_every == 0 or done == training.num_steps
+            if log or save:
+                host = jax.device_get(metrics)
+                bad_step = first_non_finite_step(
+                    jax.device_get(finite_flags), done - len(finite_flags) + 1
+                )
+                finite_flags = []
+                if bad_step is not None:
+                    latest = manager.latest_step()
+                    kept = (
+                        f"the last good checkpoint in {workdir} (step {latest}) is kept"
+                        if latest is not None
+                        else f"no checkpoint had been written yet in {workdir}"
                     )
-                    finite_flags = []
-                    if bad_step is not None:
-                        raise FloatingPointError(
-                            f"the loss or the gradients are not finite at step {bad_step} "
-                            f"(loss {float(host['loss'])} at step {done}); the last good "
-                            f"checkpoint in {workdir} (step {manager.latest_step()}) is kept"
-                        )
-                if log:
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = window_steps * training.batch_size / max(elapsed, 1e-9)
-                    record = {
-                        "step": done,
-                        "loss": float(host["loss"]),
-                        "grad_norm": float(host["grad_norm"]),
-                        "images_per_s": images_per_s,
-                    }
-                    progress.set_postfix(
-                        loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}"
+                    raise FloatingPointError(
+                        f"the loss or the gradients are not finite at step {bad_step} "
+                        f"(loss {float(host['loss'])} at step {done}); {kept}; lower "
+                        "optim.learning_rate or set optim.grad_clip_norm"
                     )
-                    if is_main:
-                        _append_jsonl(metrics_path, record)
-                    window_start, window_steps = time.perf_counter(), 0
-                if save:
+            if log:
+                elapsed = time.perf_counter() - window_start
+                images_per_s = window_steps * training.batch_size / max(elapsed, 1e-9)
+                record = {
+                    "step": done,
+                    "loss": float(host["loss"]),
+                    "grad_norm": float(host["grad_norm"]),
+                    "images_per_s": images_per_s,
+                }
+                progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+                if is_main:
+                    _append_jsonl(metrics_path, record)
+                window_start, window_steps = time.perf_counter(), 0
+            if save:
+                try:
                     ckpt.save(manager, done, state, config, data_iterator)
-                if stop:
-                    manager.wait_until_finished()
-                    if done < training.num_steps:
-                        preempted_at = done
-                    break
-        manager.wait_until_finished()
+                except Exception as e:
+                    raise _save_error(
+                        e, f"writing a checkpoint (reported when saving step {done})", workdir
+                    ) from e
+            if stop:
+                _bounded(manager.wait_until_finished, training.save_timeout_s,
+                         f"saving step {done}", workdir)
+                if done < training.num_steps:
+                    preempted_at = done
+                break
     finally:
         progress.close()
-        manager.close()
-        data_iterator.close()
     if preempted_at is not None and is_main:
         print(
-            f"diffjax train: preempted (SIGTERM) at step {preempted_at} of "
+            f"diffjax train: preempted ({preemption.signal_name}) at step {preempted_at} of "
             f"{training.num_steps}; checkpoint saved in {workdir}; run the same command "
             "again to resume",
             file=sys.stderr,
@@ -245,10 +462,15 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
 
     Args:
       workdir: a training workdir.
-      step: which checkpoint (default: latest).
+      step: which checkpoint (default: the newest intact one; a damaged newer one is
+        skipped with a :class:`~diffjax.training.checkpoint.CheckpointWarning`).
 
     Returns:
       (config, model, ema_params, run_info).
+
+    Raises:
+      FileNotFoundError: not a workdir, no checkpoint, or no checkpoint at ``step``.
+      CheckpointCorruptError: the requested step, or every checkpoint, is damaged.
     """
     config = ckpt.read_config(workdir)
     info = ckpt.read_run_info(workdir)
@@ -263,7 +485,9 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
     abstract = ckpt.abstract_with_sharding(
         jax.eval_shape(init_state, jax.random.key(0)), sharding.replicated(mesh)
     )
-    manager = ckpt.checkpoint_manager(workdir, async_checkpointing=False)
+    if not os.path.isdir(os.path.join(workdir, ckpt.CHECKPOINT_DIR)):
+        raise FileNotFoundError(f"{workdir!r} has no checkpoints yet (train it first)")
+    manager = ckpt.checkpoint_manager(workdir, read_only=True)
     try:
         state = ckpt.restore(manager, abstract, step)
     finally:
@@ -279,21 +503,25 @@ def first_non_finite_step(finite_flags: Any, first_step: int) -> int | None:
     return None
 
 
-def _align_data_iterator(iterator: Any, manager: Any, step: int) -> None:
+def _align_data_iterator(iterator: Any, workdir: str, step: int) -> None:
     """Checks the restored data iterator is at ``step`` (one batch per step).
 
-    A checkpoint written before iterator states were saved has none; the iterator is
-    then moved to ``step``.
+    A checkpoint written before iterator states were saved, or by another number of
+    processes, has none for this process; the iterator is then moved to ``step``.
 
     Raises:
       ValueError: the checkpoint's iterator state disagrees with its train state.
     """
     position = iterator.get_state().get("next_index")
-    if not ckpt.has_data_iterator(manager, step):
+    own_file = os.path.join(
+        workdir, ckpt.CHECKPOINT_DIR, str(step), ckpt.DATA_ITERATOR_ITEM,
+        f"process_{jax.process_index()}-of-{jax.process_count()}.json",
+    )
+    if not os.path.exists(own_file):
         iterator.set_state({"next_index": step})
     elif position != step:
         raise ValueError(
-            f"checkpoint at step {step} in {manager.directory} holds a data iterator that "
+            f"checkpoint at step {step} in {workdir} holds a data iterator that "
             f"has read {position} batches; expected {step} (one batch per step)"
         )
 
@@ -317,7 +545,7 @@ def _drop_records_after(path: str, step: int) -> None:
 
     kept = [line for line in lines if keep(line)]
     if len(kept) != len(lines):
-        ckpt.write_text_atomic(path, "".join(kept))
+        write_text_atomic(path, "".join(kept))
 
 
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -325,4 +553,4 @@ def _append_jsonl(path: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["load_trained", "load_training_data", "train"]
+__all__ = ["CheckpointSaveError", "load_trained", "load_training_data", "train"]
