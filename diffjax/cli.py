@@ -106,6 +106,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from diffjax.generate import generate, parse_guidance_interval
     from diffjax.training import load_trained
 
+    # Argument checks come before anything is loaded (or compiled).
+    if args.num_per_label < 1:
+        raise ValueError(f"--num-per-label={args.num_per_label} must be >= 1")
+    if args.upscale < 1:
+        raise ValueError(f"--upscale={args.upscale} must be >= 1 (1: no upscaling)")
     config, model, params, info = load_trained(args.workdir, args.step)
     labels = _parse_labels(args.labels)
     if labels is not None and args.num_per_label > 1:
@@ -199,6 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
     from diffjax.evaluate import (
+        check_num_samples,
         default_guidance,
         evaluate_sampler,
         format_evaluation,
@@ -206,14 +212,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     from diffjax.files import write_text_atomic
 
+    # The arguments are checked before load_evaluation_context, which may train the
+    # evaluation classifier and cache reference features in WORKDIR/eval/.
+    check_num_samples(args.num_samples, args.features)
+    scales = _guidance_scales(args.guidance, None)
+    if len(scales) != 1:
+        raise ValueError(f"--guidance={args.guidance!r}: evaluate takes one scale (pareto many)")
     ctx = load_evaluation_context(
         args.workdir, step=args.step, features=args.features,
         inception_weights=args.inception_weights,
     )
-    scales = _guidance_scales(args.guidance, default_guidance(ctx))
-    if len(scales) != 1:
-        raise ValueError(f"--guidance={args.guidance!r}: evaluate takes one scale (pareto many)")
-    guidance = scales[0]
+    guidance = default_guidance(ctx) if args.guidance is None else scales[0]
     result = evaluate_sampler(
         ctx, args.sampler, args.steps, guidance, args.num_samples,
         seed=args.seed, batch_size=args.batch_size, reference_stats=args.reference_stats,
@@ -230,7 +239,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Sweeps samplers x NFE x guidance and writes the Pareto table, CSV/JSON and plots."""
-    from diffjax.evaluate import default_guidance, load_evaluation_context, run_pareto_sweep
+    from diffjax.evaluate import (
+        check_num_samples,
+        check_sweep,
+        default_guidance,
+        load_evaluation_context,
+        run_pareto_sweep,
+    )
     from diffjax.generate import parse_sampler_name
     from diffjax.metrics.pareto import best_per_nfe, format_pareto_table
 
@@ -241,6 +256,10 @@ def cmd_pareto(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise ValueError(f"--samplers: {e}") from None
     nfes = _parse_list(args.nfe, int, "--nfe")
+    # Every argument is checked before load_evaluation_context, which may train the
+    # evaluation classifier and cache reference features in WORKDIR/eval/.
+    check_sweep(samplers, nfes, _guidance_scales(args.guidance, None))
+    check_num_samples(args.num_samples, args.features)
     ctx = load_evaluation_context(
         args.workdir, step=args.step, features=args.features,
         inception_weights=args.inception_weights,
@@ -371,10 +390,32 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _format_warning(message, category, filename, lineno, file=None, line=None):
-    """One-line warnings for the command line (no source line)."""
-    del filename, lineno, line
-    return f"diffjax: warning: {message}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Prints a warning as one line on stderr (no source line)."""
+    del category, filename, lineno, line
+    print(f"diffjax: warning: {message}", file=file or sys.stderr, flush=True)
+
+
+def _quiet_background_failures() -> None:
+    """One line, not a traceback, for failures outside the command's own thread.
+
+    orbax's and tensorstore's background writers log, and at exit print, the tracebacks
+    of a failed write (a full disk, say) that the command has already reported as its
+    error; ``DIFFJAX_DEBUG=1`` keeps them.
+    """
+    import threading
+
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def one_line(kind: str, exc: BaseException | None) -> None:
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"diffjax: {kind}: {type(exc).__name__}: {text}", file=sys.stderr)
+
+    threading.excepthook = lambda a: one_line(f"background thread {a.thread.name}",
+                                               a.exc_value)
+    sys.unraisablehook = lambda u: one_line("ignored background error", u.exc_value)
+    sys.excepthook = lambda t, e, tb: one_line("error", e)
 
 
 def _error_message(command: str, e: BaseException) -> tuple[str, int]:
@@ -383,7 +424,9 @@ def _error_message(command: str, e: BaseException) -> tuple[str, int]:
         return f"diffjax {command}: interrupted", 130
     if isinstance(e, USAGE_ERRORS):
         return f"diffjax {command}: error: {e}", 2
-    known = (RuntimeError, OSError, FloatingPointError, ArithmeticError)
+    # FloatingPointError is diffjax's report of a diverged loss or non-finite samples;
+    # other ArithmeticErrors (ZeroDivisionError, OverflowError) are internal failures.
+    known = (RuntimeError, OSError, FloatingPointError)
     if isinstance(e, known) and type(e).__module__.startswith(("builtins", "diffjax")):
         return f"diffjax {command}: error: {e}", 1
     first = (str(e).strip().splitlines() or [""])[0][:500]
@@ -414,34 +457,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides, rest = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     if not debug:
-        # orbax and asyncio log the tracebacks of failed background writes; the command
-        # reports the cause itself in one line.
-        for name in ("absl", "asyncio"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    previous_format = warnings.formatwarning
-    warnings.formatwarning = _format_warning
+        _quiet_background_failures()
     try:
-        if args.command == "train":
-            cmd_train(args, overrides)
-        elif args.command == "demo":
-            cmd_demo(args, overrides)
-        elif overrides:
-            raise ValueError(f"--config overrides apply to train and demo only: {overrides}")
-        elif args.command == "evaluate":
-            cmd_evaluate(args)
-        elif args.command == "pareto":
-            cmd_pareto(args)
-        else:
-            cmd_sample(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored when the block ends
+            _run_command(args, overrides)
     except (Exception, KeyboardInterrupt) as e:
         if debug:
             traceback.print_exc()
         message, code = _error_message(args.command, e)
         print(message, file=sys.stderr, flush=True)
         return code
-    finally:
-        warnings.formatwarning = previous_format
     return 0
+
+
+def _run_command(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.command == "train":
+        cmd_train(args, overrides)
+    elif args.command == "demo":
+        cmd_demo(args, overrides)
+    elif overrides:
+        raise ValueError(f"--config overrides apply to train and demo only: {overrides}")
+    elif args.command == "evaluate":
+        cmd_evaluate(args)
+    elif args.command == "pareto":
+        cmd_pareto(args)
+    else:
+        cmd_sample(args)
 
 
 if __name__ == "__main__":

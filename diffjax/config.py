@@ -553,6 +553,11 @@ def _parse_value(key: str, raw: str, default: Any) -> Any:
     elif isinstance(default, float):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:  # what float() reads but literal_eval does not: nan, inf, -inf
+                return float(value)
+            except ValueError:
+                pass
     elif isinstance(default, tuple | list):
         if isinstance(value, int | float):
             value = (value,)

@@ -46,6 +46,7 @@ from diffjax.metrics.classifier import (
     train_classifier,
 )
 from diffjax.metrics.features import (
+    INCEPTION_FEATURE_NAME,
     FeatureExtractor,
     ReferenceSet,
     check_enough_samples,
@@ -56,6 +57,7 @@ from diffjax.metrics.features import (
     metric_label,
 )
 from diffjax.metrics.fid import compute_statistics, frechet_distance, load_statistics
+from diffjax.metrics.inception import FEATURE_DIM
 from diffjax.metrics.kid import kernel_inception_distance
 from diffjax.metrics.pareto import (
     format_pareto_table,
@@ -74,6 +76,9 @@ __all__ = [
     "CLASSIFIER_DATASETS",
     "FEATURE_KINDS",
     "EvalContext",
+    "check_nfe",
+    "check_num_samples",
+    "check_sweep",
     "default_guidance",
     "evaluate",
     "evaluate_sampler",
@@ -119,6 +124,28 @@ def sampler_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule | None 
     return network_evaluations(sampler, int(num_steps))
 
 
+def check_nfe(nfe: int) -> None:
+    """Refuses an NFE budget below 1 (:func:`steps_for_nfe`, :func:`run_pareto_sweep`)."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe=}")
+
+
+def check_sweep(
+    samplers: Sequence[str],
+    nfes: Sequence[int],
+    guidance_scales: Sequence[float | None] = (None,),
+) -> None:
+    """Refuses an empty sweep or an NFE budget below 1 (see :func:`run_pareto_sweep`).
+
+    Needs nothing loaded, so that a command can refuse its arguments before
+    :func:`load_evaluation_context` trains or caches anything in the workdir.
+    """
+    if not samplers or not nfes or not guidance_scales:
+        raise ValueError(f"empty sweep: {samplers=}, {nfes=}, {guidance_scales=}")
+    for nfe in nfes:
+        check_nfe(int(nfe))
+
+
 def steps_for_nfe(
     sampler: str, nfe: int, schedule: DiscreteSchedule
 ) -> tuple[int, int] | None:
@@ -133,8 +160,7 @@ def steps_for_nfe(
       ``(num_steps, actual_nfe)``, or None when even one step needs more than ``nfe``
       evaluations or the sampler refuses the step count (e.g. ``'dpm-fast'`` below 3).
     """
-    if nfe < 1:
-        raise ValueError(f"nfe must be >= 1, got {nfe=}")
+    check_nfe(nfe)
 
     def cost(steps: int) -> int:
         return sampler_nfe(sampler, steps, schedule)
@@ -155,6 +181,26 @@ def steps_for_nfe(
 
 # --------------------------------------------------------------------------------------
 # Classifier, features and the reference set.
+
+
+def check_num_samples(num_samples: int, features: str = "classifier") -> None:
+    """Refuses an N too small for the metrics, before any feature extractor is loaded.
+
+    The check :func:`evaluate_sampler` and :func:`run_pareto_sweep` make on the loaded
+    context, run on the feature kind alone, so that a command can refuse ``num_samples``
+    before :func:`load_evaluation_context` trains or caches anything in the workdir.
+
+    Args:
+      num_samples: N.
+      features: ``'classifier'`` or ``'inception'`` (names the features in the message).
+
+    Raises:
+      ValueError: If ``num_samples`` is too few (see ``check_enough_samples``).
+    """
+    if features == "inception":
+        check_enough_samples(num_samples, FEATURE_DIM, INCEPTION_FEATURE_NAME, k=DC_K)
+    else:
+        check_enough_samples(num_samples, None, features, k=DC_K)
 
 
 def _eval_dir(workdir: str) -> str:
@@ -703,8 +749,7 @@ def run_pareto_sweep(
     """
     from tqdm.auto import tqdm
 
-    if not samplers or not nfes or not guidance_scales:
-        raise ValueError(f"empty sweep: {samplers=}, {nfes=}, {guidance_scales=}")
+    check_sweep(samplers, nfes, guidance_scales)
     check_enough_samples(num_samples, ctx.extractor.dim, ctx.extractor.name, k=DC_K)
     for name in samplers:
         make_sampler(name, ctx.schedule, 10)  # unknown names fail before any work

@@ -114,14 +114,6 @@ def sample(*flags, labels=True):
     return base + list(flags)
 
 
-EVAL_WRITES = (
-    "the {flag} check runs only after load_evaluation_context, which trains the "
-    "evaluation classifier and writes WORKDIR/eval/digits_classifier.msgpack and "
-    "WORKDIR/eval/reference_digits_train_digits-classifier.npz (~15 s of classifier "
-    "training without the test's shortcut) before the command is refused: exit 2 with "
-    "the right message, but the workdir is modified"
-)
-
 CASES = [
     # ---------------------------------------------------------------- train, fresh workdir
     case("train-num-steps-negative", train("--config.training.num_steps=-5"), 2,
@@ -140,7 +132,7 @@ CASES = [
     case("train-batch-size-not-an-int", train("--config.training.batch_size=abc"), 2,
          r"'training\.batch_size' expects a int, got 'abc'"),
     case("train-learning-rate-nan", train("--config.optim.learning_rate=nan"), 2,
-         r"'optim\.learning_rate' expects a float, got 'nan'"),
+         r"optim\.learning_rate=nan: expected a finite number"),
     case("train-learning-rate-inf", train("--config.optim.learning_rate=1e999"), 2,
          r"optim\.learning_rate=inf: expected a finite number"),
     case("train-batch-larger-than-dataset", train("--config.training.batch_size=100000"), 2,
@@ -169,11 +161,7 @@ CASES = [
          r"unknown digits config variant 'huge'; known: 'tiny'"),
     case("train-step-in-fresh-workdir", [*train(), "--step", "3"], 2,
          r"--step 3: '[^']*fresh' has no checkpoints to resume"),
-    case("train-workdir-is-a-file", train(workdir="{tmp}/a_file"), 2, r"workdir.*a_file",
-         xfail="a --workdir that is a plain file exits 1 (runtime failure), not 2, with "
-               "\"diffjax train: error: [Errno 17] File exists: '.../a_file'\", which does "
-               "not say that --workdir is the problem (FileExistsError from os.makedirs is "
-               "not a usage error in cli.USAGE_ERRORS)"),
+    case("train-workdir-is-a-file", train(workdir="{tmp}/a_file"), 2, r"workdir.*a_file"),
     # ---------------------------------------------------------------- train, trained workdir
     case("train-resume-other-model", train("--config.model.base_channels=32", workdir="{wd}"),
          2, r"holds a checkpoint from another configuration.*\n.*model\.base_channels: "
@@ -184,6 +172,8 @@ CASES = [
          then=sample()),
     case("train-step-missing", [*train(workdir="{wd}"), "--step", "999"], 2,
          r"no checkpoint at step 999 in .*; it holds steps \[4\]"),
+    case("train-step-negative", [*train(workdir="{wd}"), "--step", "-1"], 2,
+         r"step=-1 must be >= 0"),
     case("train-workdir-locked", train(workdir="{wd}"), 1,
          r"is in use by another `diffjax train`: pid {lock_pid} on host '{host}'",
          locked=True),
@@ -232,19 +222,13 @@ CASES = [
          r"--config overrides apply to train and demo only: \['--config\.x=1'\]"),
     case("sample-num-per-label-zero",
          ["sample", "--workdir", "{wd}", "--steps", "2", "--out", "{tmp}/s.png",
-          "--labels", "0", "--num-per-label", "0"], 2, r"--num-per-label",
-         xfail="--num-per-label 0 is not checked up front: the sampler is compiled and run "
-               "(1 image), then images.make_grid refuses with \"diffjax sample: error: "
-               "ncols=0 must be >= 1\" (exit 2), which does not name --num-per-label"),
-    case("sample-upscale-zero", sample("--upscale", "0"), 2, r"--upscale",
-         xfail="--upscale 0 (or -2) is silently accepted: exit 0, 'wrote 1 samples to ...', "
-               "the grid is written at upscale 1 (make_grid only upscales when upscale > 1)"),
+          "--labels", "0", "--num-per-label", "0"], 2, r"--num-per-label"),
+    case("sample-upscale-zero", sample("--upscale", "0"), 2, r"--upscale"),
     # ---------------------------------------------------------------- evaluate / pareto
     case("evaluate-num-samples-zero", ["evaluate", "--workdir", "{wd}", "--num-samples", "0"],
-         2, r"num_samples=0 is too few", xfail=EVAL_WRITES.format(flag="--num-samples")),
+         2, r"num_samples=0 is too few"),
     case("evaluate-two-guidance-scales", ["evaluate", "--workdir", "{wd}", "--guidance", "1,2"],
-         2, r"--guidance='1,2': evaluate takes one scale",
-         xfail=EVAL_WRITES.format(flag="one --guidance scale")),
+         2, r"--guidance='1,2': evaluate takes one scale"),
     case("evaluate-sampler-unknown", ["evaluate", "--workdir", "{wd}", "--sampler", "nosuch"],
          2, r"argument --sampler: unknown sampler='nosuch'", argparse=True),
     case("evaluate-inception-without-weights",
@@ -253,11 +237,11 @@ CASES = [
     case("evaluate-config-override", ["evaluate", "--workdir", "{wd}", "--config.x=1"], 2,
          r"--config overrides apply to train and demo only"),
     case("pareto-num-samples-zero", ["pareto", "--workdir", "{wd}", "--num-samples", "0"], 2,
-         r"num_samples=0 is too few", xfail=EVAL_WRITES.format(flag="--num-samples")),
+         r"num_samples=0 is too few"),
     case("pareto-nfe-not-ints", ["pareto", "--workdir", "{wd}", "--nfe", "abc"], 2,
          r"--nfe='abc' must be comma-separated ints"),
     case("pareto-nfe-zero", ["pareto", "--workdir", "{wd}", "--nfe", "5,0"], 2,
-         r"nfe must be >= 1, got nfe=0", xfail=EVAL_WRITES.format(flag="--nfe")),
+         r"nfe must be >= 1, got nfe=0"),
     case("pareto-sampler-unknown", ["pareto", "--workdir", "{wd}", "--samplers", "ddim,nosuch"],
          2, r"--samplers: unknown sampler='nosuch'"),
 ]
@@ -446,16 +430,7 @@ def _raise(exc):
         pytest.param(KeyError("params"), id="KeyError"),
         pytest.param(AttributeError("'NoneType' object has no attribute 'shape'"),
                      id="AttributeError"),
-        pytest.param(
-            ZeroDivisionError("division by zero"), id="ZeroDivisionError",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="an internal ZeroDivisionError is reported as if expected: "
-                "\"diffjax sample: error: division by zero\" (exit 1), without the "
-                "exception type or the DIFFJAX_DEBUG hint: cli._error_message treats every "
-                "builtin ArithmeticError as a known runtime failure",
-            ),
-        ),
+        pytest.param(ZeroDivisionError("division by zero"), id="ZeroDivisionError"),
     ],
 )
 def test_unexpected_exception_is_one_line_with_a_debug_hint(exc, tmp_path, capsys, monkeypatch):
@@ -474,10 +449,11 @@ def test_the_table_is_large_enough():
     assert len(ids) == len(set(ids)), "case ids must be unique"
 
 
-# Summary for the closing note: 58 table cases (27 train, 22 sample, 5 evaluate, 4 pareto),
-# 7 of them strict xfails (a --workdir that is a file exits 1; --num-per-label 0 is refused
-# late without naming the flag; --upscale 0 is accepted; four evaluate/pareto refusals write
-# WORKDIR/eval/ first), plus the DIFFJAX_DEBUG traceback test and three unexpected-exception
-# tests (ZeroDivisionError is a strict xfail: no type name, no DIFFJAX_DEBUG hint).
+# Summary for the closing note: 59 table cases (28 train, 22 sample, 5 evaluate, 4 pareto),
+# none of them xfails any more (a --workdir that is a file, --num-per-label 0, --upscale 0
+# and the evaluate/pareto refusals that used to write WORKDIR/eval/ first are refused before
+# anything is loaded or written; train --step -1 is a usage error naming the step), plus
+# the DIFFJAX_DEBUG traceback test and three unexpected-exception
+# tests (KeyError, AttributeError, ZeroDivisionError: type name and DIFFJAX_DEBUG hint).
 # test_the_table_is_large_enough checks NUM_CASES >= 35.
 NUM_CASES = len(CASES)

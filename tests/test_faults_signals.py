@@ -24,6 +24,7 @@ import os
 import random
 import re
 import signal
+import time
 
 import chex
 import jax
@@ -41,7 +42,7 @@ from fault_helpers import (
 NUM_STEPS = 12
 KEEP = 3
 # (signal, moment): 'any' = uniform in [0, 8] s after the process starts; 'training' =
-# uniform in [0, 2] s after the run logged a step beyond the newest checkpoint.
+# uniform in [0, 3] s after this run logged a step beyond the newest checkpoint.
 SCHEDULE = [
     (signal.SIGKILL, "training"),
     (signal.SIGTERM, "training"),
@@ -49,10 +50,24 @@ SCHEDULE = [
     (signal.SIGINT, "training"),
     (signal.SIGKILL, "training"),
     (signal.SIGTERM, "any"),
-    (signal.SIGKILL, "training"),
-    (signal.SIGINT, "any"),
-    (signal.SIGTERM, "training"),
+    (signal.SIGINT, "training"),
 ]
+
+
+# Runs `diffjax train` but SIGKILLs itself when orbax renames the finished temporary
+# directory of checkpoint step KILL_AT_STEP into place (the instant of the commit).
+KILL_DURING_COMMIT = r"""
+import os, signal, sys
+kill_name = "KILL_AT_STEP.orbax-checkpoint-tmp"
+_rename = os.rename
+def rename(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(src)) == kill_name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _rename(src, dst, *args, **kwargs)
+os.rename = rename
+from diffjax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +86,10 @@ def reference(tmp_path_factory):
     return final, state_at
 
 
-def metrics_steps(workdir):
+def metrics_steps(workdir, since=0.0):
+    """Steps logged in metrics.jsonl (none if the file was last written before ``since``)."""
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or os.path.getmtime(path) < since:
         return []
     steps = []
     with open(path) as f:
@@ -104,15 +120,17 @@ def test_random_signals_never_lose_committed_work(tmp_path, reference):
     latest = None
     for signum, moment in SCHEDULE:
         checkpoints_before = tree_digest(f"{workdir}/checkpoints")
+        started = time.time()
         proc = start_train(workdir, f"--config.training.num_steps={NUM_STEPS}",
                            f"--config.training.max_checkpoints_to_keep={KEEP}")
         try:
             if moment == "training":
                 newest = latest or 0
                 logged = wait_for(
-                    lambda: any(s > newest for s in metrics_steps(workdir)), proc, 150  # noqa: B023
+                    lambda: any(s > newest for s in metrics_steps(workdir, started)),  # noqa: B023
+                    proc, 150,
                 )
-                delay = rng.uniform(0, 2.0)
+                delay = rng.uniform(0, 3.0)
             else:
                 logged, delay = True, rng.uniform(0, 8.0)
             if logged and not wait_for(lambda: False, proc, delay) and proc.poll() is None:
@@ -144,6 +162,8 @@ def test_random_signals_never_lose_committed_work(tmp_path, reference):
                          f"--config.training.max_checkpoints_to_keep={KEEP}")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert check_latest(workdir, reference, latest) == NUM_STEPS
+    # Records logged by killed runs after their last checkpoint were dropped on resume.
+    assert metrics_steps(workdir) == list(range(1, NUM_STEPS + 1))
     # At least some stops must have landed mid-run (otherwise the test proved little).
     assert sum(o[4] != o[5] for o in outcomes) >= 3, outcomes
 
@@ -190,3 +210,20 @@ def test_signals_during_the_final_save_and_shutdown_keep_the_checkpoint(tmp_path
     assert f"trained to step {final_step}" in result.stdout, result.stdout
     assert committed_steps(workdir)[-1] == final_step
     assert check_latest(workdir, reference, final_step) == final_step
+
+
+def test_kill_during_commit_keeps_the_last_good_checkpoint(tmp_path, reference):
+    workdir = str(tmp_path / "run")
+    killed = run_train(workdir, "--config.training.num_steps=4",
+                       prefix=KILL_DURING_COMMIT.replace("KILL_AT_STEP", "3"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # The interrupted save of step 3 is a leftover temporary directory; steps 1 and 2
+    # are intact, and step 2 is what a reader (or a resumed run) sees.
+    entries = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert entries == ["1", "2", "3.orbax-checkpoint-tmp"], entries
+    assert check_latest(workdir, reference, 2) == 2
+    resumed = run_train(workdir, "--config.training.num_steps=4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+    assert not any("tmp" in e for e in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert check_latest(workdir, reference, 4) == 4

@@ -194,12 +194,13 @@ def check_images(images: Any, image_shape: Sequence[int], name: str = "images") 
     return arr
 
 
-def check_enough_samples(n: int, dim: int, feature_name: str, *, k: int = 5) -> None:
+def check_enough_samples(n: int, dim: int | None, feature_name: str, *, k: int = 5) -> None:
     """Refuses sample counts too small for a covariance or the k-NN metrics.
 
     Args:
       n: Number of generated samples.
-      dim: Feature dimension.
+      dim: Feature dimension; None when it is not known yet (checks before the feature
+        extractor is loaded: the count needed does not depend on it).
       feature_name: Feature name, for the message.
       k: Largest neighbour rank used (density/coverage use 5).
 
@@ -208,9 +209,11 @@ def check_enough_samples(n: int, dim: int, feature_name: str, *, k: int = 5) -> 
     """
     need = max(2, int(k) + 1)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < need:
+        features = f"{feature_name} features" if dim is None else f"{dim}-d {feature_name} features"
+        d = "d, the feature dimension," if dim is None else f"d = {dim}"
         raise ValueError(
-            f"num_samples={n!r} is too few: the covariance of {dim}-d {feature_name} features "
-            f"needs N >= 2 samples (N > d = {dim} for a full-rank estimate; FID is biased "
+            f"num_samples={n!r} is too few: the covariance of {features} "
+            f"needs N >= 2 samples (N > {d} for a full-rank estimate; FID is biased "
             f"upward at small N) and the k-NN metrics need N > k = {k}; use at least {need}, "
             "preferably hundreds or more."
         )

@@ -277,7 +277,8 @@ def structure_mismatches(
         }
     except Exception as e:
         raise CheckpointCorruptError(
-            f"checkpoint at step {step} ({path}) is unreadable: {_first_line(e)}"
+            f"checkpoint at step {step} ({step_path(manager, step)}) is damaged: its array "
+            f"metadata is unreadable: {_first_line(e)}"
         ) from e
     wanted = {
         integrity.leaf_name(p): (tuple(x.shape), str(x.dtype))
@@ -369,11 +370,14 @@ def restore_verified(
         it was.
 
     Raises:
+      ValueError: ``step`` is negative.
       FileNotFoundError: there is no checkpoint (at that step; the message says when an
         older step was deleted by the retention policy).
       CheckpointMismatchError: the checkpoint's arrays do not fit ``abstract_state``.
       CheckpointCorruptError: the requested step, or every checkpoint, is damaged.
     """
+    if step is not None and step < 0:
+        raise ValueError(f"step={step} must be >= 0")
     steps = manager.all_steps()
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")

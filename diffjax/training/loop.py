@@ -119,7 +119,8 @@ def train(
 
     Raises:
       ValueError: bad config values, a batch that does not split over the devices,
-        or a workdir holding another configuration's checkpoint.
+        a workdir that is a file, or a workdir holding another configuration's
+        checkpoint.
       WorkdirLockedError: another ``train`` runs in the workdir.
       CheckpointCorruptError: the requested step, or every checkpoint, is damaged.
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
@@ -127,6 +128,8 @@ def train(
         stands).
     """
     config_lib.validate_config(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} is a file, not a directory")
     training = config.training
     source = _as_source(dataset) if dataset is not None else load_training_data(config)
     config_lib.validate_config(config, image_size=int(source.image_shape[0]))
