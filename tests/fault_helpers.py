@@ -15,8 +15,9 @@ import jax
 from jax_subprocess import REPO, subprocess_env
 
 from diffjax.config import apply_overrides, load_config
+from diffjax.data import batch_iterator, training_batches
 from diffjax.training import checkpoint as ckpt
-from diffjax.training import train
+from diffjax.training import load_training_data, train
 
 CONFIG = "experiments/configs/digits.py:tiny"
 BASE_OVERRIDES = [
@@ -83,14 +84,26 @@ def train_reference(workdir, num_steps):
     return train(config, workdir)
 
 
-def restore_step(workdir, like, step=None):
-    """The verified state at ``step`` (default newest intact) shaped and placed like ``like``."""
+def data_iterator():
+    """A fresh iterator over the fault runs' training batches (as `train` builds it)."""
+    config = in_process_config()
+    batches = training_batches(load_training_data(config), config.training.batch_size,
+                               seed=config.training.seed, labels=True)
+    return batch_iterator(batches, num_threads=0, prefetch_batches=0)
+
+
+def restore_step(workdir, like, step=None, iterator=None):
+    """The verified state at ``step`` (default newest intact) shaped and placed like ``like``.
+
+    With ``iterator``, the data iterator's saved state is restored into it too (and
+    checked against the integrity record), as `train` does.
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
     )
     manager = ckpt.checkpoint_manager(workdir, read_only=True)
     try:
-        return ckpt.restore_verified(manager, abstract, step)
+        return ckpt.restore_verified(manager, abstract, step, data_iterator=iterator)
     finally:
         manager.close()
 

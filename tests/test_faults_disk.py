@@ -32,6 +32,7 @@ import jax
 import pytest
 from fault_helpers import (
     committed_steps,
+    data_iterator,
     in_process_config,
     restore_step,
     run_train,
@@ -99,9 +100,11 @@ def test_damage_to_any_checkpoint_file_is_detected_or_harmless(base, tmp_path):
         for how in ("flip", "truncate"):
             workdir = copy_of(base_dir, tmp_path, f"{len(outcomes)}")
             damage(os.path.join(workdir, "checkpoints", "2", rel), how)
+            iterator = data_iterator()  # restored too, as when `train` resumes
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                restored = restore_step(workdir, final)
+                restored = restore_step(workdir, final, iterator=iterator)
+            assert iterator.get_state() == {"next_index": restored.step}
             got = jax.device_get(restored.state)
             if restored.step == 1:  # detected: named, and the older intact one is used
                 assert [s for s, _ in restored.skipped] == [2]
@@ -109,7 +112,7 @@ def test_damage_to_any_checkpoint_file_is_detected_or_harmless(base, tmp_path):
                            for w in caught), [str(w.message) for w in caught]
                 chex.assert_trees_all_equal(got, truth[1])
                 with pytest.raises(ckpt.CheckpointCorruptError, match="step 2.*--step"):
-                    restore_step(workdir, final, 2)
+                    restore_step(workdir, final, 2, iterator=data_iterator())
                 outcomes[(kind, how)] = "detected"
             else:  # not detected: then the state must be exactly the saved one
                 assert restored.step == 2 and restored.skipped == []
@@ -120,10 +123,12 @@ def test_damage_to_any_checkpoint_file_is_detected_or_harmless(base, tmp_path):
     print(f"\ncheckpoint damage: {len(outcomes)} cases, {dict(counts)}")
     for (kind, how), outcome in sorted(outcomes.items()):
         print(f"  {kind:50s} {how:9s} {outcome}")
-    # Damage to the arrays themselves and to their integrity record is always detected.
-    for (kind, how), outcome in outcomes.items():
-        if kind.startswith(("state/ocdbt.process_0/d/", "integrity/")):
-            assert outcome == "detected", (kind, how)
+    # Damage to the arrays' largest data file, their metadata, the saved config, the
+    # iterator state and the integrity record is always detected.
+    must_detect = ("state/ocdbt.process_0/d/*", "state/_METADATA", "config/metadata",
+                   "integrity/metadata", "data_iterator/process_0-of-1.json")
+    for kind in must_detect:
+        assert outcomes[(kind, "flip")] == outcomes[(kind, "truncate")] == "detected", kind
 
 
 def test_train_sets_a_damaged_checkpoint_aside_and_resumes_exactly(base, tmp_path, capsys):
@@ -223,13 +228,13 @@ def test_two_trainers_one_workdir_and_readers_while_it_saves(base, tmp_path, cap
         assert f"pid {first.pid} on host {socket.gethostname()!r}" in second.stderr
         assert "Traceback" not in second.stderr
         # Readers while the first run saves every step and keeps only the newest.
-        reads, deadline = 0, time.monotonic() + 4
-        while time.monotonic() < deadline:
+        seen = []
+        for _ in range(3):
             with warnings.catch_warnings():
                 warnings.simplefilter("error", ckpt.CheckpointWarning)
                 load_trained(workdir)
-            reads += 1
-        assert reads >= 2
+            seen.append(committed_steps(workdir))
+        assert first.poll() is None and len({tuple(s) for s in seen}) > 1, seen
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=150)
     finally:
