@@ -6,8 +6,9 @@ denoiser wrapper (:func:`make_denoiser`) and optional guidance
 (:func:`classifier_free_guidance`). Everything is a pure function of pytrees.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from diffjax._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.builders import build_denoiser, build_schedule, build_unet, init_params
@@ -118,16 +119,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'diffjax' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __version__ = "0.1.0"

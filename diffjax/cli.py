@@ -215,6 +215,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # The arguments are checked before load_evaluation_context, which may train the
     # evaluation classifier and cache reference features in WORKDIR/eval/.
     check_num_samples(args.num_samples, args.features)
+    _check_eval_arguments(args)
+    if args.steps < 1:
+        raise ValueError(f"--steps={args.steps} must be >= 1")
     scales = _guidance_scales(args.guidance, None)
     if len(scales) != 1:
         raise ValueError(f"--guidance={args.guidance!r}: evaluate takes one scale (pareto many)")
@@ -235,6 +238,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"wrote {out}")
+
+
+def _check_eval_arguments(args: argparse.Namespace) -> None:
+    """Checks evaluate/pareto arguments that need no workdir (before anything is written)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size={args.batch_size} must be >= 1")
+    reference_stats = getattr(args, "reference_stats", None)
+    if reference_stats is not None and not os.path.isfile(reference_stats):
+        raise FileNotFoundError(f"--reference-stats={reference_stats!r} does not exist")
+    if args.inception_weights is not None and not os.path.isfile(args.inception_weights):
+        raise FileNotFoundError(f"--inception-weights={args.inception_weights!r} does not exist")
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
@@ -260,6 +274,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     # evaluation classifier and cache reference features in WORKDIR/eval/.
     check_sweep(samplers, nfes, _guidance_scales(args.guidance, None))
     check_num_samples(args.num_samples, args.features)
+    _check_eval_arguments(args)
     ctx = load_evaluation_context(
         args.workdir, step=args.step, features=args.features,
         inception_weights=args.inception_weights,
@@ -445,18 +460,26 @@ def main(argv: Sequence[str] | None = None) -> int:
       error (bad flags, config, paths), 1 for a runtime failure, 130 when interrupted.
       Errors are one message on stderr; ``DIFFJAX_DEBUG=1`` adds the traceback.
     """
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("train", "demo"):
         # Signals outside the training loop (start-up, shutdown) are recorded, not fatal:
-        # the loop's own handler saves and stops.
+        # the loop's own handler saves and stops. Called in-process (with argv), the
+        # caller's handlers come back when main returns.
         from diffjax.training import preemption
 
-        preemption.defer_signals()
+        with preemption.deferred_signals(keep=as_program):
+            return _main(argv, as_program)
+    return _main(argv, as_program)
+
+
+def _main(argv: list[str], as_program: bool) -> int:
+    """:func:`main` after its signal set-up (``as_program``: run as the command itself)."""
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     enable_compilation_cache()
     overrides, rest = _split_overrides(argv)
     args = build_parser().parse_args(rest)
-    if not debug:
+    if as_program and not debug:
         _quiet_background_failures()
     try:
         with warnings.catch_warnings():

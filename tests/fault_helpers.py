@@ -5,6 +5,7 @@ CPU devices (like the test session, so its states can be compared bit for bit wi
 in-process run), under a timeout.
 """
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -84,12 +85,16 @@ def train_reference(workdir, num_steps):
     return train(config, workdir)
 
 
+@functools.cache
+def _batches():
+    config = in_process_config()
+    return training_batches(load_training_data(config), config.training.batch_size,
+                            seed=config.training.seed, labels=True)
+
+
 def data_iterator():
     """A fresh iterator over the fault runs' training batches (as `train` builds it)."""
-    config = in_process_config()
-    batches = training_batches(load_training_data(config), config.training.batch_size,
-                               seed=config.training.seed, labels=True)
-    return batch_iterator(batches, num_threads=0, prefetch_batches=0)
+    return batch_iterator(_batches(), num_threads=0, prefetch_batches=0)
 
 
 def restore_step(workdir, like, step=None, iterator=None):

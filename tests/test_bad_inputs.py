@@ -234,6 +234,15 @@ CASES = [
     case("evaluate-inception-without-weights",
          ["evaluate", "--workdir", "{wd}", "--features", "inception"], 2,
          r"No FID Inception weights: pass a path or set DIFFJAX_INCEPTION_WEIGHTS"),
+    case("evaluate-steps-zero", ["evaluate", "--workdir", "{wd}", "--steps", "0"], 2,
+         r"--steps=0 must be >= 1"),
+    case("evaluate-batch-size-zero", ["evaluate", "--workdir", "{wd}", "--batch-size", "0"], 2,
+         r"--batch-size=0 must be >= 1"),
+    case("evaluate-reference-stats-missing",
+         ["evaluate", "--workdir", "{wd}", "--reference-stats", "/nonexistent/stats.npz"], 2,
+         r"--reference-stats='/nonexistent/stats.npz' does not exist"),
+    case("pareto-batch-size-zero", ["pareto", "--workdir", "{wd}", "--batch-size", "0"], 2,
+         r"--batch-size=0 must be >= 1"),
     case("evaluate-config-override", ["evaluate", "--workdir", "{wd}", "--config.x=1"], 2,
          r"--config overrides apply to train and demo only"),
     case("pareto-num-samples-zero", ["pareto", "--workdir", "{wd}", "--num-samples", "0"], 2,
@@ -449,7 +458,7 @@ def test_the_table_is_large_enough():
     assert len(ids) == len(set(ids)), "case ids must be unique"
 
 
-# Summary for the closing note: 59 table cases (28 train, 22 sample, 5 evaluate, 4 pareto),
+# Summary for the closing note: 63 table cases (28 train, 22 sample, 8 evaluate, 5 pareto),
 # none of them xfails any more (a --workdir that is a file, --num-per-label 0, --upscale 0
 # and the evaluate/pareto refusals that used to write WORKDIR/eval/ first are refused before
 # anything is loaded or written; train --step -1 is a usage error naming the step), plus

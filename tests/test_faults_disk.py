@@ -68,7 +68,10 @@ def file_kinds(step_dir):
     for root, _, files in os.walk(step_dir):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), step_dir)
-            kinds[re.sub(r"[0-9a-f]{32}", "*", rel)].append(rel)
+            kind = re.sub(r"[0-9a-f]{32}", "*", rel)
+            if name == "commit_success.txt":  # one marker file of orbax per item
+                kind = "*/commit_success.txt"
+            kinds[kind].append(rel)
     chosen = {}
     for kind, paths in sorted(kinds.items()):
         by_size = sorted(paths, key=lambda p: os.path.getsize(os.path.join(step_dir, p)))

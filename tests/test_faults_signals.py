@@ -1,7 +1,9 @@
 """Fault injection: signals at random moments never lose committed work, and resume is exact.
 
-One chain of real `diffjax train` processes in one workdir, each stopped by SIGKILL,
-SIGTERM or SIGINT at a random moment (seeded): some at any time after the process
+One chain of real `diffjax train` processes in one workdir: the first SIGKILLed at the
+instant orbax commits a checkpoint (its temporary folder written, not yet renamed), the
+others stopped by SIGKILL, SIGTERM or SIGINT at a random moment (seeded): some at any
+time after the process
 starts (imports, set-up, compile), some once the run has logged a new step (during
 steps and asynchronous saves; the run saves every step). After every stop:
 
@@ -44,7 +46,6 @@ KEEP = 3
 # (signal, moment): 'any' = uniform in [0, 8] s after the process starts; 'training' =
 # uniform in [0, 3] s after this run logged a step beyond the newest checkpoint.
 SCHEDULE = [
-    (signal.SIGKILL, "training"),
     (signal.SIGTERM, "training"),
     (signal.SIGKILL, "any"),
     (signal.SIGINT, "training"),
@@ -115,9 +116,20 @@ def check_latest(workdir, reference, before):
 
 def test_random_signals_never_lose_committed_work(tmp_path, reference):
     workdir = str(tmp_path / "run")
+    # First, deterministically: SIGKILL at the instant the checkpoint of step 3 commits.
+    killed = run_train(workdir, f"--config.training.num_steps={NUM_STEPS}",
+                       f"--config.training.max_checkpoints_to_keep={KEEP}",
+                       prefix=KILL_DURING_COMMIT.replace("KILL_AT_STEP", "3"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # The interrupted save of step 3 is a leftover temporary directory; steps 1 and 2
+    # are intact, and step 2 is what a reader (or a resumed run) sees.
+    entries = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert entries == ["1", "2", "3.orbax-checkpoint-tmp"], entries
+    latest = check_latest(workdir, reference, None)
+    assert latest == 2
+    # Then at random moments; the first resumed run removes the leftover.
     rng = random.Random(20261202)
     outcomes = []
-    latest = None
     for signum, moment in SCHEDULE:
         checkpoints_before = tree_digest(f"{workdir}/checkpoints")
         started = time.time()
@@ -162,10 +174,11 @@ def test_random_signals_never_lose_committed_work(tmp_path, reference):
                          f"--config.training.max_checkpoints_to_keep={KEEP}")
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert check_latest(workdir, reference, latest) == NUM_STEPS
+    assert not any("tmp" in e for e in os.listdir(os.path.join(workdir, "checkpoints")))
     # Records logged by killed runs after their last checkpoint were dropped on resume.
     assert metrics_steps(workdir) == list(range(1, NUM_STEPS + 1))
     # At least some stops must have landed mid-run (otherwise the test proved little).
-    assert sum(o[4] != o[5] for o in outcomes) >= 3, outcomes
+    assert sum(o[4] != o[5] for o in outcomes) >= 2, outcomes
 
 
 # Sends SIGTERM right after the final checkpoint's save is started (its files are being
@@ -211,19 +224,3 @@ def test_signals_during_the_final_save_and_shutdown_keep_the_checkpoint(tmp_path
     assert committed_steps(workdir)[-1] == final_step
     assert check_latest(workdir, reference, final_step) == final_step
 
-
-def test_kill_during_commit_keeps_the_last_good_checkpoint(tmp_path, reference):
-    workdir = str(tmp_path / "run")
-    killed = run_train(workdir, "--config.training.num_steps=4",
-                       prefix=KILL_DURING_COMMIT.replace("KILL_AT_STEP", "3"))
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    # The interrupted save of step 3 is a leftover temporary directory; steps 1 and 2
-    # are intact, and step 2 is what a reader (or a resumed run) sees.
-    entries = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    assert entries == ["1", "2", "3.orbax-checkpoint-tmp"], entries
-    assert check_latest(workdir, reference, 2) == 2
-    resumed = run_train(workdir, "--config.training.num_steps=4")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
-    assert not any("tmp" in e for e in os.listdir(os.path.join(workdir, "checkpoints")))
-    assert check_latest(workdir, reference, 4) == 4

@@ -4,8 +4,9 @@ The names below are imported on first use, so that a light submodule
 (:mod:`diffjax.training.preemption`) can be imported without JAX, orbax or grain.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from diffjax._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.training.loop import load_trained, load_training_data, train
@@ -31,16 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'diffjax.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

@@ -276,6 +276,8 @@ def structure_mismatches(
             leaf.name: (tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(metadata)
         }
     except Exception as e:
+        if _pruned_while_reading(manager, step, e):
+            raise _pruned_error(f"checkpoint at step {step} ({step_path(manager, step)})") from e
         raise CheckpointCorruptError(
             f"checkpoint at step {step} ({step_path(manager, step)}) is damaged: its array "
             f"metadata is unreadable: {_first_line(e)}"
@@ -337,13 +339,30 @@ def _restore_step(
         else:  # written before integrity records: at least the values must be finite
             integrity.check_finite(state)
     except Exception as e:
-        if not os.path.isdir(step_path(manager, step)):
-            raise FileNotFoundError(
-                f"{where} was deleted while being read (a running `train` keeps only the "
-                "newest training.max_checkpoints_to_keep); choose a newer step"
-            ) from e
+        if _pruned_while_reading(manager, step, e):
+            raise _pruned_error(where) from e
         raise CheckpointCorruptError(f"{where} is damaged: {_first_line(e)}") from e
     return state
+
+
+def _pruned_while_reading(manager: ocp.CheckpointManager, step: int, e: BaseException) -> bool:
+    """Whether a failed read of ``step`` is a running ``train`` deleting it, not damage.
+
+    Orbax deletes a step only after a newer one is committed, so a missing file with a
+    newer step present (or the step gone) means retention removed it mid-read.
+    """
+    manager.reload()
+    if step not in manager.all_steps() or not os.path.isdir(step_path(manager, step)):
+        return True
+    missing = isinstance(e, FileNotFoundError) or "NOT_FOUND" in str(e)
+    return missing and max(manager.all_steps()) > step
+
+
+def _pruned_error(where: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{where} was deleted while being read (a running `train` keeps only the newest "
+        "training.max_checkpoints_to_keep); choose a newer step"
+    )
 
 
 def restore_verified(
@@ -415,7 +434,6 @@ def restore_verified(
             skipped.append((candidate, str(e)))
             continue
         except FileNotFoundError:  # pruned while we read it: a newer one exists
-            manager.reload()
             continue
         for _, reason in skipped:
             warnings.warn(

@@ -239,7 +239,10 @@ def _restore_for_training(
     workdir: str, abstract: Any, data_iterator: Any, step: int | None
 ) -> ckpt.Restored | None:
     """The verified checkpoint to resume from, or None for a fresh run (reads only)."""
-    if not os.path.isdir(os.path.join(workdir, ckpt.CHECKPOINT_DIR)):
+    exists = os.path.isdir(os.path.join(workdir, ckpt.CHECKPOINT_DIR))
+    if jax.process_count() > 1:  # one decision for all (the restore is a collective)
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+    if not exists:
         if step is not None:
             raise FileNotFoundError(f"--step {step}: {workdir!r} has no checkpoints to resume")
         return None

@@ -22,8 +22,10 @@ watcher entered later sees a signal recorded before it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -57,6 +59,25 @@ def defer_signals() -> bool:
     for signum in SIGNALS:
         signal.signal(signum, _record)
     return True
+
+
+@contextlib.contextmanager
+def deferred_signals(keep: bool = False) -> Iterator[None]:
+    """:func:`defer_signals` for a block; the previous handlers come back after it.
+
+    Args:
+      keep: leave the deferring handlers in place after the block (a program's ``main``
+        about to exit: a signal during interpreter shutdown is then recorded, not fatal).
+    """
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    installed = defer_signals()
+    try:
+        yield
+    finally:
+        if installed and not keep:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            clear_pending_signal()
 
 
 class PreemptionWatcher:
