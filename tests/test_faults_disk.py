@@ -76,7 +76,7 @@ def file_kinds(step_dir):
     for kind, paths in sorted(kinds.items()):
         by_size = sorted(paths, key=lambda p: os.path.getsize(os.path.join(step_dir, p)))
         chosen[kind] = by_size[-1]
-        if "*" in kind and len(by_size) > 1:
+        if kind.startswith("state/") and "*" in kind and len(by_size) > 1:
             chosen[kind.replace("*", "* (smallest)")] = by_size[0]
     return chosen
 
@@ -250,6 +250,9 @@ def test_two_trainers_one_workdir_and_readers_while_it_saves(base, tmp_path, cap
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]
     assert steps == sorted(set(steps)), steps
+    # A reader asking for a step that retention deleted is told so.
+    with pytest.raises(FileNotFoundError, match="older checkpoints are deleted"):
+        load_trained(workdir, step=1)
 
 
 def test_a_stale_lock_is_taken_over_and_another_hosts_lock_is_refused(base, tmp_path):

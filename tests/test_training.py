@@ -107,6 +107,10 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     with pytest.raises(FloatingPointError, match="at step 4.*step 2"):
         train(diverging, workdir)
     assert listing(workdir) == before
+    diverging.training.num_steps = 3  # a fresh run that diverges before its first save
+    diverging.training.checkpoint_every = 10
+    with pytest.raises(FloatingPointError, match="no checkpoint had been written yet"):
+        train(diverging, str(tmp_path / "fresh"))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
