@@ -218,11 +218,30 @@ def checkpoint_manager(
         cleanup_tmp_directories=cleanup_tmp_directories and not read_only,
         async_options=ocp.AsyncOptions(timeout_secs=max(1, int(save_timeout_s))),
     )
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-        options=options,
-        item_names=("state", "config", DATA_ITERATOR_ITEM, INTEGRITY_ITEM),
+    return _retry_while_pruned(
+        lambda: ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            options=options,
+            item_names=("state", "config", DATA_ITERATOR_ITEM, INTEGRITY_ITEM),
+        )
     )
+
+
+def _retry_while_pruned(fn: Any, attempts: int = 20) -> Any:
+    """Calls ``fn`` again when a step vanished while orbax listed the steps.
+
+    Orbax lists the step folders and then reads each one's commit time; a running
+    ``train`` that deletes its oldest step in between makes the listing fail with
+    FileNotFoundError. A fresh listing no longer has that step.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 def save(
@@ -319,7 +338,10 @@ def _restore_step(
             + "\n  ".join(problems[:8])
             + ("\n  ..." if len(problems) > 8 else "")
         )
-    saved_items = set(os.listdir(step_path(manager, step)))
+    try:
+        saved_items = set(os.listdir(step_path(manager, step)))
+    except FileNotFoundError as e:
+        raise _pruned_error(where) from e
     items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_state)}
     if "config" in saved_items:
         items["config"] = ocp.args.JsonRestore()
@@ -351,7 +373,7 @@ def _pruned_while_reading(manager: ocp.CheckpointManager, step: int, e: BaseExce
     Orbax deletes a step only after a newer one is committed, so a missing file with a
     newer step present (or the step gone) means retention removed it mid-read.
     """
-    manager.reload()
+    _retry_while_pruned(manager.reload)
     if step not in manager.all_steps() or not os.path.isdir(step_path(manager, step)):
         return True
     missing = isinstance(e, FileNotFoundError) or "NOT_FOUND" in str(e)
@@ -434,6 +456,7 @@ def restore_verified(
             skipped.append((candidate, str(e)))
             continue
         except FileNotFoundError:  # pruned while we read it: a newer one exists
+            _retry_while_pruned(manager.reload)
             continue
         for _, reason in skipped:
             warnings.warn(
@@ -442,6 +465,8 @@ def restore_verified(
                 stacklevel=2,
             )
         return Restored(state, candidate, skipped)
+    if not skipped:  # every step we saw was deleted under us, and nothing newer is left
+        raise FileNotFoundError(f"no checkpoint left in {manager.directory}")
     details = "\n  ".join(reason for _, reason in skipped)
     raise CheckpointCorruptError(
         f"no intact checkpoint in {manager.directory}:\n  {details}\n"
