@@ -204,7 +204,7 @@ def part2(lines, repeats):
 
 NOTE2 = """
 Reading: on XLA:CPU the microbatch loop as a lax.scan makes the step about 7x slower (the
-convolution gradients inside a while loop; DESIGN.md's pitfall for a scan over whole
+convolution gradients inside a while loop; docs/design.md's pitfall for a scan over whole
 steps applies to a scan over microbatches too). Unrolled, accumulation costs nothing here
 (slightly faster: smaller microbatches), but the activation memory barely shrinks (XLA
 schedules the unrolled microbatches freely); as a loop it shrinks with the microbatch. The step

@@ -1,6 +1,6 @@
 """Golden values for DDIM inversion from diffusers' ``DDIMInverseScheduler`` (dev-only).
 
-diffusers' deterministic scheduler harness (DESIGN.md): the sample ``arange(768) / 768``
+diffusers' deterministic scheduler harness (docs/design.md): the sample ``arange(768) / 768``
 reshaped ``(C=3, H=8, W=8, B=4)``, the "model" ``eps(x, t) = x * t / (t + 1)``, T = 1000,
 linear betas 1e-4..0.02. ``DDIMInverseScheduler`` with leading spacing (offset 0),
 ``set_alpha_to_one=True`` and no x0 clipping visits t = 0, 100, ..., 900, evaluating the

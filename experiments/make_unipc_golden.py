@@ -1,6 +1,6 @@
 """Golden values for UniPC from diffusers' ``UniPCMultistepScheduler`` (dev-only script).
 
-Runs diffusers' deterministic scheduler harness (DESIGN.md): the sample is
+Runs diffusers' deterministic scheduler harness (docs/design.md): the sample is
 ``arange(768) / 768`` reshaped to (C=3, H=8, W=8, B=4) and moved batch-first, the model
 is ``eps(x, t) = x * t / (t + 1)`` with the integer timestep, T = 1000 linear betas
 1e-4..0.02, ``timestep_spacing='linspace'``, 10 steps. Every case starts from the

@@ -1,6 +1,6 @@
 """Shared test fixtures for the samplers: diffusers' harness and analytic Gaussian data.
 
-* diffusers' deterministic scheduler-test harness (DESIGN.md): the sample and the dummy
+* diffusers' deterministic scheduler-test harness (docs/design.md): the sample and the dummy
   model whose goldens the DDIM / DPM-Solver / UniPC tests compare against.
 * Analytic Gaussian data ``N(mu, S)`` with the exact ``eps*`` and the exact
   probability-flow map, in float64, for fitting convergence orders: every deterministic

@@ -85,7 +85,7 @@ def test_model_of_every_config_builds(name):
     full = param_count(config_lib.load_config(config_path(name)))
     tiny = param_count(config_lib.load_config(config_path(name) + ":tiny"))
     if name == "cifar10_ddpm":
-        assert full == 35_746_307  # the DDPM paper's 35.7M CIFAR-10 UNet (DESIGN.md)
+        assert full == 35_746_307  # the DDPM paper's 35.7M CIFAR-10 UNet (docs/design.md)
     assert full > 1_000_000 or name == "digits"
     assert tiny < (200_000 if name == "digits" else 50_000)  # 32k: ImageNet class table
 

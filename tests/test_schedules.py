@@ -207,7 +207,7 @@ def test_linspace_grid_rounds_half_to_even():
 def test_quadratic_grid():
     g = S.quadratic_timesteps(T, 10)
     ascending = [0, 9, 39, 88, 158, 246, 355, 483, 632, 800]
-    np.testing.assert_array_equal(g[::-1], ascending)  # as listed in DESIGN.md
+    np.testing.assert_array_equal(g[::-1], ascending)  # as listed in docs/design.md
     np.testing.assert_array_equal(g, ascending[::-1])  # sampler order
     g50 = S.quadratic_timesteps(T, 50)  # DDIM's truncation repeats 0 at 50 steps
     assert len(g50) == 50 and np.all(np.diff(g50) <= 0)

@@ -36,7 +36,7 @@ from diffjax.samplers import (
     unipc_corrector_orders,
 )
 
-# diffusers 0.42.1 UniPCMultistepScheduler on the DESIGN.md harness (linear betas
+# diffusers 0.42.1 UniPCMultistepScheduler on the docs/design.md harness (linear betas
 # 1e-4..0.02, T = 1000, timestep_spacing='linspace', 10 steps), each case its defaults
 # (bh2, predict_x0, order 2, lower_order_final=True, final_sigmas_type='zero') changed
 # as named: (prediction type, final target, our options, golden sum |x|, mean |x|).

@@ -19,7 +19,7 @@ the matmul gradient only on the backends listed in ``AUTO_MATMUL_BACKENDS`` (che
 ``jax.default_backend()`` at trace time), so GPU and TPU programs are exactly the stock
 ones. That set is currently empty. With jax 0.10.2, XLA:CPU runs convolutions in its
 YNNPACK fusions and the stock kernel gradient takes 1.3-3.5x the forward time (the ~9x in
-DESIGN.md did not reproduce); the strided patch copies and transposed-operand matmuls of
+docs/design.md did not reproduce); the strided patch copies and transposed-operand matmuls of
 the matmul version cost more, and it made the digits-UNet train step slower (0.7-0.8x at
 8x8, 0.8-0.9x at 16x16; experiments/bench_conv_grad.py, results in
 experiments/results/bench_conv_grad.txt). Re-measure with that script and add ``"cpu"``

@@ -6,7 +6,7 @@ sigma_t^2 I``, so the score is exact:
 
     score(x) = -sum_k r_k(x) C_k^-1 (x - alpha_t mu_k),   r_k = posterior of component k,
 
-and the ideal noise prediction is ``eps* = -sigma_t score`` (DESIGN.md, "Analytic
+and the ideal noise prediction is ``eps* = -sigma_t score`` (docs/design.md, "Analytic
 models"). :meth:`GaussianMixture.denoiser` returns it as a
 :class:`~diffjax.parameterization.Denoised`, so every sampler can run on it with no
 training, and :meth:`GaussianMixture.sample` draws exact data samples to compare with.

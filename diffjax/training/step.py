@@ -28,7 +28,7 @@ from diffjax.training.state import TrainState, ema_decay_at, update_ema
 
 # Backends on which the microbatch loop of gradient accumulation is unrolled rather than
 # run as a loop. XLA:CPU runs convolution gradients inside a while loop about 10x slower
-# (DESIGN.md's pitfall for scans of whole steps applies to the microbatch loop too:
+# (docs/design.md's pitfall for scans of whole steps applies to the microbatch loop too:
 # experiments/bench_allreduce.py, results in experiments/results/allreduce.txt). On GPU
 # and TPU the loop stays a loop, which bounds activation memory to one microbatch; an
 # unrolled one leaves the order of the microbatches to the scheduler.
