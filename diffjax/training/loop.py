@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -331,12 +332,27 @@ def _root_cause(e: BaseException) -> BaseException:
 def _save_error(e: BaseException, what: str, workdir: str) -> CheckpointSaveError:
     cause = _root_cause(e)
     text = " ".join(str(cause).split())
-    if len(text) > 360:  # keep the start (what) and the end (the OS error: why)
+    if len(text) > 360:  # keep the start (what) and the end
         text = f"{text[:180]} ... {text[-180:]}"
+    reason = _os_error_reason(cause)
     return CheckpointSaveError(
-        f"{what} in {os.path.join(workdir, ckpt.CHECKPOINT_DIR)} failed: "
-        f"{type(cause).__name__}: {text}; the newest committed checkpoint stands"
+        f"{what} in {os.path.join(workdir, ckpt.CHECKPOINT_DIR)} failed"
+        f"{f' ({reason})' if reason else ''}: {type(cause).__name__}: {text}; "
+        "the newest committed checkpoint stands"
     )
+
+
+def _os_error_reason(cause: BaseException) -> str | None:
+    """The operating system's reason for a failed write, e.g. ``'File too large'``.
+
+    tensorstore reports it only as ``os_error_code='27'`` somewhere in a long
+    message, which may be cut; an ``OSError`` carries it as ``errno``.
+    """
+    code = getattr(cause, "errno", None)
+    if not isinstance(code, int):
+        found = re.search(r"os_error_code=\W?(\d+)", str(cause))
+        code = int(found.group(1)) if found else None
+    return None if code is None else f"{os.strerror(code)}, errno {code}"
 
 
 def _run_steps(
