@@ -69,7 +69,7 @@ SETUP = code('''
     import numpy as np
 
     import diffjax
-    from diffjax import images
+    from diffjax.app import images
 
     # "full": the notebook as meant (minutes on a CPU for the digits). "small": a
     # seconds-long smoke run with a tiny model (what the test suite executes).
@@ -154,7 +154,7 @@ CELLS_01 = [
         10% of the training labels are replaced by a learned *null* class, so the same
         network is both a conditional and an unconditional model. Everything runs through
         the library: `diffjax.train` (one jitted, state-donating train step, orbax
-        checkpoints that resume), `diffjax.load_trained` and `diffjax.generate`.
+        checkpoints that resume), `diffjax.load_trained` and `diffjax.app.generate`.
 
         On a CPU the full run (1,000 steps of batch 128) takes about 5 minutes; set
         `LARGE = True` in the setup cell for Fashion-MNIST and a larger UNet on a GPU or
@@ -275,7 +275,7 @@ CELLS_02 = [
         inversion** encodes a real image into the noise that decodes back to it.
 
         Quality is FID@N on the features of a small digits classifier
-        (`diffjax.evaluate`), against the training set: comparable between rows of this
+        (`diffjax.app.evaluate`), against the training set: comparable between rows of this
         notebook, not with Inception FIDs. In full mode the 1,000-step points dominate the
         run time (7 to 12 minutes on a 2-core CPU, seconds on a GPU).
     """),
@@ -283,8 +283,8 @@ CELLS_02 = [
         from IPython.display import Image, Markdown, display
 
         from diffjax.data import load_dataset
-        from diffjax.evaluate import evaluate_samples, load_evaluation_context, run_pareto_sweep
-        from diffjax.metrics import format_pareto_table
+        from diffjax.app.evaluate import evaluate_samples, load_evaluation_context, run_pareto_sweep
+        from diffjax.app.reports import format_pareto_table
 
         OUT = os.path.abspath("outputs/02_ddpm_vs_ddim")
         ctx = load_evaluation_context(WORKDIR)  # trains the evaluation classifier on first use
@@ -368,7 +368,7 @@ CELLS_02 = [
     code("""
         import functools
 
-        from diffjax.generate import sampling_timesteps
+        from diffjax.app.generate import sampling_timesteps
 
         heldout = load_dataset(config.data.name, split="heldout", **DATA_KW)
         pick = [int(np.flatnonzero(heldout.labels == c)[0]) for c in range(heldout.num_classes)]
@@ -428,7 +428,7 @@ CELLS_03 = [
         Guidance extrapolates from the unconditional towards the conditional prediction,
         `eps = (1 + w) eps(x, c) - w eps(x, null)` (Ho & Salimans 2021). Larger `w` makes
         samples agree more with their label and vary less. This notebook measures both
-        sides with `diffjax.guidance_sweep`: **class agreement** (fidelity: the digits
+        sides with `diffjax.app.guidance_sweep`: **class agreement** (fidelity: the digits
         classifier's verdict) and **FID@N / recall** (how well the samples cover the
         data), per guidance scale, from the same noise at every scale.
 
@@ -444,8 +444,8 @@ CELLS_03 = [
 
         from IPython.display import Image, Markdown, display
 
-        from diffjax.evaluate import load_evaluation_context
-        from diffjax.guidance_sweep import (
+        from diffjax.app.evaluate import load_evaluation_context
+        from diffjax.app.guidance_sweep import (
             format_guidance_table,
             guidance_interval_for_sigmas,
             guidance_sweep,
@@ -594,8 +594,8 @@ CELLS_04 = [
         (`dpm2`, noise prediction) diverges at its smallest budget.
     """),
     code("""
-        from diffjax.evaluate import steps_for_nfe
-        from diffjax.generate import make_sampler
+        from diffjax.app.evaluate import steps_for_nfe
+        from diffjax.app.generate import make_sampler
         from diffjax.metrics import compute_statistics, frechet_distance
 
         ref_clean = run(make_sampler("dpm++3m", schedule, 500, clip_x0=None))
@@ -649,8 +649,9 @@ CELLS_04 = [
         `experiments/results/pareto_digits`.
     """),
     code("""
-        from diffjax.evaluate import load_evaluation_context, run_pareto_sweep
-        from diffjax.metrics import best_per_nfe, format_pareto_table
+        from diffjax.app.evaluate import load_evaluation_context, run_pareto_sweep
+        from diffjax.app.reports import format_pareto_table
+        from diffjax.metrics import best_per_nfe
 
         OUT = os.path.abspath("outputs/04_fast_samplers")
         ctx = load_evaluation_context(WORKDIR)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 from diffjax._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
-    from diffjax.builders import build_denoiser, build_schedule, build_unet, init_params
-    from diffjax.config import apply_overrides, base_config, digits_config, load_config
-    from diffjax.generate import generate, make_sampler
+    from diffjax.app.builders import build_denoiser, build_schedule, build_unet, init_params
+    from diffjax.app.config import apply_overrides, base_config, digits_config, load_config
+    from diffjax.app.generate import generate, make_sampler
+    from diffjax.app.train import load_trained, train
     from diffjax.guidance import classifier_free_guidance
     from diffjax.losses import diffusion_loss, drop_labels, loss_weight
     from diffjax.nn import UNet
@@ -57,22 +58,22 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
         trailing_timesteps,
         with_final_timestep,
     )
-    from diffjax.training import TrainState, load_trained, make_train_step, train
+    from diffjax.training import TrainState, make_train_step
 
 # Public names and the modules that define them. They are imported on first use, so
-# `import diffjax` (or `diffjax.cli`, or one submodule) stays cheap and loads neither
+# `import diffjax` (or `diffjax.app.cli`, or one submodule) stays cheap and loads neither
 # JAX nor orbax and grain until a name needs them.
 _LAZY = {
-    "build_denoiser": "diffjax.builders",
-    "build_schedule": "diffjax.builders",
-    "build_unet": "diffjax.builders",
-    "init_params": "diffjax.builders",
-    "apply_overrides": "diffjax.config",
-    "base_config": "diffjax.config",
-    "digits_config": "diffjax.config",
-    "load_config": "diffjax.config",
-    "generate": "diffjax.generate",
-    "make_sampler": "diffjax.generate",
+    "build_denoiser": "diffjax.app.builders",
+    "build_schedule": "diffjax.app.builders",
+    "build_unet": "diffjax.app.builders",
+    "init_params": "diffjax.app.builders",
+    "apply_overrides": "diffjax.app.config",
+    "base_config": "diffjax.app.config",
+    "digits_config": "diffjax.app.config",
+    "load_config": "diffjax.app.config",
+    "generate": "diffjax.app.generate",
+    "make_sampler": "diffjax.app.generate",
     "classifier_free_guidance": "diffjax.guidance",
     "diffusion_loss": "diffjax.losses",
     "drop_labels": "diffjax.losses",
@@ -113,9 +114,9 @@ _LAZY = {
     "trailing_timesteps": "diffjax.schedules",
     "with_final_timestep": "diffjax.schedules",
     "TrainState": "diffjax.training",
-    "load_trained": "diffjax.training",
+    "load_trained": "diffjax.app.train",
     "make_train_step": "diffjax.training",
-    "train": "diffjax.training",
+    "train": "diffjax.app.train",
 }
 
 

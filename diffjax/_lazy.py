@@ -12,10 +12,10 @@ from typing import Any
 class _LazyPackage(types.ModuleType):
     """A package whose public functions win over same-named submodules.
 
-    ``diffjax.generate`` is both a function and the module that defines it. Importing
+    ``diffjax.app.generate`` is both a function and the module that defines it. Importing
     the submodule makes the import system set the package attribute to the module;
     this class refuses that one assignment, so the attribute stays the function (as an
-    eager ``from diffjax.generate import generate`` in ``__init__`` would leave it). The
+    eager ``from diffjax.app.generate import generate`` in ``__init__`` would leave it). The
     module itself is in ``sys.modules`` as always.
     """
 

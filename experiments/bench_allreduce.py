@@ -34,13 +34,13 @@ import jax
 import numpy as np
 import optax
 
-from diffjax import builders
-from diffjax.config import digits_config
+from diffjax.app import builders
+from diffjax.app.config import digits_config
+from diffjax.app.train import local_batch
 from diffjax.data import load_dataset
 from diffjax.losses import diffusion_loss
 from diffjax.training import sharding
 from diffjax.training import step as step_lib
-from diffjax.training.loop import local_batch
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.state import (
     TrainState,

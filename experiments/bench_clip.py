@@ -6,7 +6,7 @@ Usage:
 Measures images/s of ``CLIP.get_image_features`` (vision transformer + projection) with
 transformers' default (ViT-B/32) config and random weights (throughput does not depend
 on the weight values, so no download): (a) on preprocessed 224x224 inputs, (b) through
-:func:`diffjax.metrics.clip.clip_image_features` from 256x256 images in [-1, 1] (bicubic
+:func:`diffjax.networks.clip.clip_image_features` from 256x256 images in [-1, 1] (bicubic
 resize to 224 included). Batch 32 by default. The first call (trace + compile + run) is
 timed separately, then ``--repeats`` calls; the median is reported. The persistent
 compilation cache is off, so compile times are cold. ``--torch`` adds transformers'
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from timing import time_calls
 
-from diffjax.metrics.clip import CLIP, CLIPConfig, clip_image_features, init_clip_params
+from diffjax.networks.clip import CLIP, CLIPConfig, clip_image_features, init_clip_params
 
 
 def _torch_reference(batch, repeats, threads):

@@ -6,7 +6,7 @@ Usage:
 Measures images/s of (a) the FID InceptionV3 pool3 features at 299x299 (random weights,
 numpy-seeded exactly like the parity test, so no download; throughput does not depend on
 the weight values) and (b) the digits classifier's penultimate features
-(:func:`diffjax.metrics.classifier.classifier_features`) on 8x8 images. Each path is
+(:func:`diffjax.networks.classifier.classifier_features`) on 8x8 images. Each path is
 jitted once per batch shape: the first call (trace + compile + run) is timed separately,
 then ``--repeats`` calls are timed after it and the median is reported. The persistent
 compilation cache is off, so compile times are cold.
@@ -21,8 +21,8 @@ import numpy as np
 from timing import time_calls
 
 from diffjax.data import load_digits
-from diffjax.metrics.classifier import classifier_features, train_classifier
-from diffjax.metrics.inception import (
+from diffjax.networks.classifier import classifier_features, train_classifier
+from diffjax.networks.inception import (
     inception_apply,
     random_pytorch_fid_state_dict,
     variables_from_pytorch_fid_state_dict,

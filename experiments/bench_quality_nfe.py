@@ -1,6 +1,6 @@
 """Sample quality against network evaluations (NFE) on a 2-D Gaussian mixture, exact score.
 
-Every sampler of ``diffjax.generate.SAMPLER_NAMES`` (plus UniPC with the third-order
+Every sampler of ``diffjax.app.generate.SAMPLER_NAMES`` (plus UniPC with the third-order
 predictor, 'unipc-3', and DPM-Solver++(2M), UniPC and UniPC-3 on logSNR-uniform grids
 from t = 999 to t = 0, ``make_sampler``'s '@logsnr' suffix, instead of its default
 linspace grid with a first-order last step onto sigma = 0) runs on the exact noise
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import schedules
-from diffjax.generate import SAMPLER_NAMES, make_sampler, network_evaluations, solver_timesteps
+from diffjax.app.generate import SAMPLER_NAMES, make_sampler, network_evaluations, solver_timesteps
 from diffjax.samplers import dpm_solver_fast_timesteps, dpm_solver_multistep, sample, unipc
 from diffjax.samplers.analytic import GaussianMixture
 

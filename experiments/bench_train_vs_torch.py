@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from diffjax import builders
-from diffjax.config import base_config, digits_config
+from diffjax.app import builders
+from diffjax.app.config import base_config, digits_config
 from diffjax.training.state import create_train_state
 from diffjax.training.step import make_train_step
 

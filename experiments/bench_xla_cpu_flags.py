@@ -29,8 +29,8 @@ FLAG_SETS = (
 _CHILD = r"""
 import json, statistics, sys, time
 import jax, jax.numpy as jnp, numpy as np, optax
-from diffjax import builders
-from diffjax.config import digits_config, load_config
+from diffjax.app import builders
+from diffjax.app.config import digits_config, load_config
 from diffjax.training.state import create_train_state
 from diffjax.training.step import make_train_step
 which, calls = sys.argv[1], int(sys.argv[2])

@@ -27,9 +27,9 @@ import shlex
 import sys
 import time
 
-from diffjax import images
-from diffjax.evaluate import load_evaluation_context, machine_description
-from diffjax.guidance_sweep import (
+from diffjax.app import images
+from diffjax.app.evaluate import load_evaluation_context, machine_description
+from diffjax.app.guidance_sweep import (
     format_guidance_table,
     guidance_interval_for_sigmas,
     guidance_sweep,

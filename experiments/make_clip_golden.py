@@ -44,8 +44,8 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from diffjax.metrics.clip import CLIPConfig as OurConfig
-from diffjax.metrics.clip import clip_hf_state_dict_shapes
+from diffjax.networks.clip import CLIPConfig as OurConfig
+from diffjax.networks.clip import clip_hf_state_dict_shapes
 
 SEED = 2021
 MAX_LENGTH = 16

@@ -1,7 +1,7 @@
 """Golden outputs of pytorch-fid's FIDInceptionV3 for the parity test of our Flax port.
 
 The network gets random weights from ``np.random.default_rng(SEED)`` through
-``diffjax.metrics.inception.random_pytorch_fid_state_dict`` (no download: pytorch-fid's
+``diffjax.networks.inception.random_pytorch_fid_state_dict`` (no download: pytorch-fid's
 weight loader is patched to return them), so the 95 MB of weights never need storing: the
 test regenerates them from the same seed and first checks them against the per-tensor
 checksums saved here. The golden file holds the inputs, pool3 features and logits in
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_fid import inception as pfid
 
-from diffjax.metrics.inception import pytorch_fid_state_dict_shapes, random_pytorch_fid_state_dict
+from diffjax.networks.inception import pytorch_fid_state_dict_shapes, random_pytorch_fid_state_dict
 
 SEED = 2019
 IMAGE_SEED = 7

@@ -29,8 +29,8 @@ def tiny_trained_workdir(tmp_path_factory):
 
     Shared by the whole session: tests that write into a workdir should copy it.
     """
-    from diffjax.config import apply_overrides, digits_config
-    from diffjax.training import train
+    from diffjax.app.config import apply_overrides, digits_config
+    from diffjax.app.train import train
 
     path = str(tmp_path_factory.mktemp("tiny_trained") / "run")
     config = digits_config("tiny")
@@ -43,13 +43,13 @@ def tiny_trained_workdir(tmp_path_factory):
 def eval_workdir(tiny_trained_workdir, tmp_path_factory):
     """A copy of the tiny workdir with a quickly trained evaluation classifier in place.
 
-    ``diffjax.evaluate`` trains its classifier (500 steps) on first use and then reuses the
+    ``diffjax.app.evaluate`` trains its classifier (500 steps) on first use and then reuses the
     file; tests put a 30-step one there instead to save the time.
     """
     import shutil
 
     from diffjax.data import load_digits
-    from diffjax.metrics.classifier import save_classifier, train_classifier
+    from diffjax.networks.classifier import save_classifier, train_classifier
 
     path = str(tmp_path_factory.mktemp("eval") / "run")
     shutil.copytree(tiny_trained_workdir, path)

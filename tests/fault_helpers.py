@@ -15,10 +15,10 @@ import time
 import jax
 from jax_subprocess import REPO, subprocess_env
 
-from diffjax.config import apply_overrides, load_config
+from diffjax.app import checkpoint as ckpt
+from diffjax.app.config import apply_overrides, load_config
+from diffjax.app.train import load_training_data, train
 from diffjax.data import batch_iterator, training_batches
-from diffjax.training import checkpoint as ckpt
-from diffjax.training import load_training_data, train
 
 CONFIG = "experiments/configs/digits.py:tiny"
 BASE_OVERRIDES = [
@@ -34,7 +34,7 @@ def env():
 
 
 def train_argv(workdir, *overrides):
-    return [sys.executable, "-m", "diffjax.cli", "train", "--config", CONFIG,
+    return [sys.executable, "-m", "diffjax.app.cli", "train", "--config", CONFIG,
             "--workdir", workdir, *BASE_OVERRIDES, *overrides]
 
 

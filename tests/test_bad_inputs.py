@@ -1,6 +1,6 @@
 """Bad command lines are refused with one message, the right exit code, and no trace.
 
-A table of ``(argv, exit code, stderr regex)`` cases run through ``diffjax.cli.main``
+A table of ``(argv, exit code, stderr regex)`` cases run through ``diffjax.app.cli.main``
 in-process. For each refused command:
 
 - the exit code is 2 for a usage error (bad flag, config, value, path) and 1 for a
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import pytest
 
-import diffjax.cli
-from diffjax.cli import main
+import diffjax.app.cli
+from diffjax.app.cli import main
 
 TINY = "experiments/configs/digits.py:tiny"
 QUIET = "--config.training.progress_bar=False"
@@ -284,15 +284,15 @@ def _fast_classifier(monkeypatch):
 
     Only the speed of a command that (wrongly) trains one before refusing changes.
     """
-    import diffjax.evaluate
+    import diffjax.app.evaluate
 
-    original = diffjax.evaluate.train_classifier
+    original = diffjax.app.evaluate.train_classifier
 
     def fast(*args, **kwargs):
         kwargs["num_steps"] = min(kwargs.get("num_steps", 30), 30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(diffjax.evaluate, "train_classifier", fast)
+    monkeypatch.setattr(diffjax.app.evaluate, "train_classifier", fast)
 
 
 class _LockHolder:
@@ -356,7 +356,7 @@ def check_one_message(err: str) -> None:
 
 @pytest.mark.parametrize("bad", CASES)
 def test_bad_input_is_refused_cleanly(bad, shared, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(diffjax.cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(diffjax.app.cli.DEBUG_ENV, raising=False)
     monkeypatch.delenv("DIFFJAX_INCEPTION_WEIGHTS", raising=False)
     shared.restore()
     (tmp_path / "plain").mkdir()
@@ -415,7 +415,7 @@ def test_bad_input_is_refused_cleanly(bad, shared, tmp_path, capsys, monkeypatch
 
 
 def test_debug_env_prints_the_traceback(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(diffjax.cli.DEBUG_ENV, "1")
+    monkeypatch.setenv(diffjax.app.cli.DEBUG_ENV, "1")
     fresh = str(tmp_path / "fresh")
     code, err = run_cli(train("--config.training.num_steps=0", workdir=fresh), capsys)
     assert code == 2, err
@@ -443,8 +443,8 @@ def _raise(exc):
     ],
 )
 def test_unexpected_exception_is_one_line_with_a_debug_hint(exc, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(diffjax.cli.DEBUG_ENV, raising=False)
-    monkeypatch.setattr(diffjax.cli, "cmd_sample", _raise(exc))
+    monkeypatch.delenv(diffjax.app.cli.DEBUG_ENV, raising=False)
+    monkeypatch.setattr(diffjax.app.cli, "cmd_sample", _raise(exc))
     code, err = run_cli(["sample", "--workdir", str(tmp_path)], capsys)
     assert code == 1, err
     check_one_message(err)

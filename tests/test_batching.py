@@ -1,4 +1,4 @@
-"""The shared padded-batch loop of the feature extractors (diffjax.metrics._batching)."""
+"""The shared padded-batch loop of the feature extractors (diffjax.networks._batching)."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.metrics._batching import map_padded_batches
+from diffjax.networks._batching import map_padded_batches
 
 
 def test_ragged_tail_is_padded_and_compiled_once():

@@ -8,8 +8,9 @@ import pytest
 from flax import serialization
 
 from diffjax.data import load_digits, make_dataset
-from diffjax.metrics import (
+from diffjax.networks.classifier import (
     ClassifierParams,
+    _shift_images,
     accuracy,
     class_agreement,
     classify,
@@ -19,7 +20,6 @@ from diffjax.metrics import (
     save_classifier,
     train_classifier,
 )
-from diffjax.metrics.classifier import _shift_images
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from diffjax.cli import main
-from diffjax.generate import SAMPLER_NAMES
+from diffjax.app.cli import main
+from diffjax.app.generate import SAMPLER_NAMES
 
 CONFIG = "experiments/configs/digits.py:tiny"
 QUIET = ["--config.training.progress_bar=False"]
@@ -78,9 +78,9 @@ def test_guidance_needs_a_null_class(workdir, tmp_path, capsys):
 def test_generate_does_not_recompile_for_scale_eta_labels_or_seed(workdir):
     import jax
 
-    from diffjax import builders
-    from diffjax.generate import _generate, generate
-    from diffjax.training import load_trained
+    from diffjax.app import builders
+    from diffjax.app.generate import _generate, generate
+    from diffjax.app.train import load_trained
 
     config, model, params, _ = load_trained(workdir)
     schedule = builders.build_schedule(config.diffusion)

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.metrics import clip as C
-from diffjax.metrics import clip_tokenizer as T
-from diffjax.metrics.safetensors_io import (
+from diffjax.networks import clip as C
+from diffjax.networks import clip_tokenizer as T
+from diffjax.networks.safetensors_io import (
     read_safetensors,
     read_safetensors_header,
     write_safetensors,

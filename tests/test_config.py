@@ -7,8 +7,8 @@ import re
 import ml_collections
 import pytest
 
-from diffjax import builders
-from diffjax import config as config_lib
+from diffjax.app import builders
+from diffjax.app import config as config_lib
 from diffjax.data import TFDS_DATASETS, TFDS_PREFIX
 from diffjax.schedules import SCHEDULE_NAMES
 

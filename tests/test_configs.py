@@ -2,7 +2,7 @@
 trains on mock data, and a tiny TFDS run resumed from a checkpoint equals an
 uninterrupted one.
 
-The tiny runs go through ``diffjax.training.train`` in one child process on
+The tiny runs go through ``diffjax.app.train.train`` in one child process on
 ``tfds.testing.mock_data`` and synthetic IDX files (2 fake CPU devices, XLA optimization
 level 0 to halve the compile times). Each ``train`` call costs seconds of tracing even
 with the compiled step cached, so the calls are few. The tiny mnist and fashion_mnist
@@ -24,10 +24,10 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax import builders
-from diffjax import config as config_lib
+from diffjax.app import builders
+from diffjax.app import config as config_lib
+from diffjax.app.generate import SAMPLER_NAMES
 from diffjax.data import TFDS_DATASETS, TFDS_PREFIX
-from diffjax.generate import SAMPLER_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
@@ -102,9 +102,9 @@ TINY_SCRIPT = r"""
 import json, os, struct, sys
 import jax, numpy as np
 import tensorflow_datasets as tfds
-from diffjax.config import load_config
-from diffjax.training import train
-from diffjax.training.checkpoint import CHECKPOINT_DIR, DATA_ITERATOR_ITEM
+from diffjax.app.config import load_config
+from diffjax.app.train import train
+from diffjax.app.checkpoint import CHECKPOINT_DIR, DATA_ITERATOR_ITEM
 
 root = sys.argv[1]
 idx_dir = os.path.join(root, "idx")

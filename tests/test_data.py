@@ -400,7 +400,7 @@ def test_in_memory_sets_go_through_the_same_pipeline(tmp_path):
 
 
 def test_local_batch_is_the_pipeline_batch_of_the_step():
-    from diffjax.training.loop import local_batch
+    from diffjax.app.train import local_batch
 
     digits = load_digits("train")
     batches = training_batches(in_memory_source(digits), 64, seed=7)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from diffjax.demo import run_demo
+from diffjax.app.demo import run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ import chex
 import pytest
 from jax_subprocess import REPO, subprocess_env
 
-from diffjax.training import distributed, load_trained
+from diffjax.app.train import load_trained
+from diffjax.training import distributed
 
 TIMEOUT_S = 300
 # Optimization level 0 halves XLA:CPU compile times; every run compared here shares it.
@@ -35,7 +36,7 @@ OVERRIDES = [
 WORKER = r"""
 import sys
 import jax
-from diffjax.cli import main
+from diffjax.app.cli import main
 code = main(sys.argv[1:])
 assert code == 0, code
 print("PROCESSES", jax.process_count(), "DEVICES", jax.device_count(), flush=True)

@@ -8,25 +8,25 @@ import chex
 import numpy as np
 import pytest
 
-from diffjax import evaluate
-from diffjax.cli import main
-from diffjax.config import digits_config
-from diffjax.data import load_digits
-from diffjax.evaluate import (
+from diffjax.app import evaluate
+from diffjax.app.cli import main
+from diffjax.app.config import digits_config
+from diffjax.app.evaluate import (
     evaluate_samples,
     evaluation_classifier,
     feature_extractor,
     load_evaluation_context,
 )
-from diffjax.metrics.classifier import (
+from diffjax.app.features import check_images
+from diffjax.data import load_digits
+from diffjax.metrics.fid import load_statistics, save_statistics
+from diffjax.networks.classifier import (
     accuracy,
     classifier_features,
     classify,
     init_classifier,
 )
-from diffjax.metrics.features import check_images
-from diffjax.metrics.fid import load_statistics, save_statistics
-from diffjax.metrics.inception import WEIGHTS_ENV_VAR
+from diffjax.networks.inception import WEIGHTS_ENV_VAR
 
 REFERENCE_FILE = os.path.join("eval", "reference_digits_train_digits-classifier.npz")
 

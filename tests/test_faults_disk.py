@@ -41,9 +41,9 @@ from fault_helpers import (
     wait_for,
 )
 
-from diffjax.cli import main
-from diffjax.training import checkpoint as ckpt
-from diffjax.training import load_trained, train
+from diffjax.app import checkpoint as ckpt
+from diffjax.app.cli import main
+from diffjax.app.train import load_trained, train
 from diffjax.training.workdir_lock import LOCK_FILE, WorkdirLockedError
 
 

@@ -69,7 +69,7 @@ def rename(src, dst, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return _rename(src, dst, *args, **kwargs)
 os.rename = rename
-from diffjax.cli import main
+from diffjax.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -190,8 +190,8 @@ def test_random_signals_never_lose_committed_work(tmp_path, reference):
 SIGNALS_AT_WORST_MOMENTS = r"""
 import os, signal, sys
 import diffjax.training
-import diffjax.training.checkpoint as ckpt
-import diffjax.training.loop as loop
+import diffjax.app.checkpoint as ckpt
+import diffjax.app.train as loop
 final = FINAL_STEP
 _save = ckpt.save
 def save(manager, step, *args, **kwargs):
@@ -205,13 +205,13 @@ def bounded(fn, timeout_s, what, workdir):
         os.kill(os.getpid(), signal.SIGINT)
     return _bounded(fn, timeout_s, what, workdir)
 loop._bounded = bounded
-_train = diffjax.training.train
+_train = diffjax.app.train.train
 def train(*args, **kwargs):
     state = _train(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGTERM)
     return state
-diffjax.training.train = train
-from diffjax.cli import main
+diffjax.app.train.train = train
+from diffjax.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -162,7 +162,7 @@ def test_generate_wires_rescale_and_interval_without_recompiling():
     """generate(): guidance rescale and interval are traced arguments of the one compiled
     sampler; an interval that excludes every step is the conditional model (w = 0), the
     full interval is plain guidance, and rescale changes the samples."""
-    from diffjax.generate import _generate, generate
+    from diffjax.app.generate import _generate, generate
 
     model = _ToyClassNet(num_classes=3)  # any Linen module with the UNet's call signature
     params = model.init(
@@ -199,8 +199,8 @@ def test_generate_wires_rescale_and_interval_without_recompiling():
 
 
 def test_cli_guidance_flags_parse():
-    from diffjax.cli import build_parser
-    from diffjax.generate import parse_guidance_interval
+    from diffjax.app.cli import build_parser
+    from diffjax.app.generate import parse_guidance_interval
 
     args = build_parser().parse_args(
         ["sample", "--workdir", "w", "--sampler", "edm-heun", "--guidance", "2",

@@ -1,4 +1,4 @@
-"""Tests for diffjax.guidance_sweep (on the session's tiny trained digits workdir)."""
+"""Tests for diffjax.app.guidance_sweep (on the session's tiny trained digits workdir)."""
 
 import csv
 import json
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from diffjax.evaluate import load_evaluation_context
-from diffjax.guidance_sweep import (
+from diffjax.app.evaluate import load_evaluation_context
+from diffjax.app.guidance_sweep import (
     GUIDANCE_COLUMNS,
     guidance_interval_for_sigmas,
     guidance_sweep,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.metrics import inception as inc
+from diffjax.networks import inception as inc
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "inception_golden.npz")
 

@@ -9,17 +9,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from diffjax import builders, evaluate
-from diffjax.cli import main
-from diffjax.config import digits_config
-from diffjax.evaluate import EvalContext, run_pareto_sweep, sampler_nfe, steps_for_nfe
-from diffjax.metrics.features import FeatureExtractor
-from diffjax.metrics.pareto import (
-    PARETO_COLUMNS,
-    best_per_nfe,
-    format_pareto_table,
-    pareto_front,
-)
+from diffjax.app import builders, evaluate
+from diffjax.app.cli import main
+from diffjax.app.config import digits_config
+from diffjax.app.evaluate import EvalContext, run_pareto_sweep, sampler_nfe, steps_for_nfe
+from diffjax.app.features import FeatureExtractor
+from diffjax.app.reports import PARETO_COLUMNS, format_pareto_table
+from diffjax.metrics.pareto import best_per_nfe, pareto_front
 
 SCHEDULE = builders.build_schedule(digits_config().diffusion)
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffjax.app.train import _drop_records_after
 from diffjax.training import integrity, preemption
-from diffjax.training.loop import _drop_records_after
 from diffjax.training.preemption import PreemptionWatcher
 from diffjax.training.workdir_lock import WorkdirLock, WorkdirLockedError
 

@@ -383,7 +383,7 @@ def test_make_sampler_valid_at_every_allowed_step_count():
     """num_steps = T (every training timestep) is valid for the data-prediction solvers
     (their grid ends at t = -1) and agrees with T - 1 steps; noise-prediction solvers end
     at t = 0 and allow T - 1; more steps than the schedule has is a clear error."""
-    from diffjax.generate import make_sampler
+    from diffjax.app.generate import make_sampler
 
     den = make_denoiser(gaussian_eps_model(LINEAR, [0.3], [[0.25]]), LINEAR, "eps")
     x_T = jnp.asarray([[0.0], [1.0]])
@@ -422,7 +422,7 @@ def test_network_evaluations_of_every_named_sampler():
     """network_evaluations(name, steps) equals the calls each sampler makes (counted on
     the Python side while stepping eagerly: the static order dispatch runs only the
     chosen branch)."""
-    from diffjax.generate import SAMPLER_NAMES, make_sampler, network_evaluations
+    from diffjax.app.generate import SAMPLER_NAMES, make_sampler, network_evaluations
 
     calls = []
 
@@ -447,7 +447,7 @@ def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
     """'dpm++2m@logsnr' is DPM-Solver++(2M) on DPM-Solver's logSNR-uniform grid from
     t = T-1 to t = 0 (with the same thresholding as 'dpm++2m'); '@linspace' is the
     default grid."""
-    from diffjax.generate import make_sampler
+    from diffjax.app.generate import make_sampler
     from diffjax.samplers import (
         DynamicThresholding,
         dpm_solver_fast_timesteps,
@@ -478,7 +478,7 @@ def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
     ],
 )
 def test_bad_grid_suffix_names_the_sampler(name, match):
-    from diffjax.generate import make_sampler, network_evaluations
+    from diffjax.app.generate import make_sampler, network_evaluations
 
     for call in (lambda: make_sampler(name, LINEAR, 5), lambda: network_evaluations(name, 5)):
         with pytest.raises(ValueError, match=match):

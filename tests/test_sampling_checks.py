@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from diffjax import schedules as S
-from diffjax.generate import SAMPLER_NAMES, _generate, generate, make_sampler
+from diffjax.app.generate import SAMPLER_NAMES, _generate, generate, make_sampler
 from diffjax.guidance import classifier_free_guidance
 from diffjax.parameterization import (
     Denoised,

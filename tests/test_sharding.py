@@ -25,11 +25,11 @@ EIGHT_DEVICE_SCRIPT = r"""
 import json
 import jax
 import numpy as np
-from diffjax import builders
-from diffjax.config import digits_config
+from diffjax.app import builders
+from diffjax.app.config import digits_config
 from diffjax.data import load_dataset
 from diffjax.training import sharding
-from diffjax.training.loop import local_batch
+from diffjax.app.train import local_batch
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.state import create_train_state
 from diffjax.training import step as step_lib

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffjax.config import base_config
+from diffjax.app import checkpoint as ckpt
+from diffjax.app.config import base_config
 from diffjax.data import SOURCE_NAMES, TFDS_DATASETS, load_source, training_batches
 from diffjax.data.pipeline import batch_iterator, check_example
 from diffjax.data.tfds_source import center_crop, resize_antialiased_bilinear
-from diffjax.training import checkpoint as ckpt
 
 NUM_EXAMPLES = 20
 

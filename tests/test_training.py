@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.config import digits_config
-from diffjax.training import load_trained, train
-from diffjax.training.checkpoint import CHECKPOINT_DIR
+from diffjax.app.checkpoint import CHECKPOINT_DIR
+from diffjax.app.config import digits_config
+from diffjax.app.train import load_trained, train
 
 
 def tiny_config(num_steps=6, **training):
@@ -116,7 +116,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
     # Traced, not compiled (a bf16 train step takes ~50 s to compile on XLA:CPU); the
     # bf16 forward pass itself is checked against float32 in tests/test_unet.py.
-    from diffjax import builders
+    from diffjax.app import builders
     from diffjax.training.optimizer import make_optimizer
     from diffjax.training.state import create_train_state
     from diffjax.training.step import make_train_step
@@ -141,7 +141,7 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
 
 
 def test_first_non_finite_step_names_the_first_bad_step():
-    from diffjax.training.loop import first_non_finite_step
+    from diffjax.app.train import first_non_finite_step
 
     assert first_non_finite_step([True, True], 5) is None
     assert first_non_finite_step([True, False, False], 5) == 6

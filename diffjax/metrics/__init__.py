@@ -1,48 +1,10 @@
-"""Sample-quality metrics: FID, KID, precision/recall, density/coverage, memorization.
+"""Sample-quality metric formulas: FID, KID, PRDC, memorization, the Pareto frontier.
 
-Feature extractors for them (the FID Inception and, offline, a classifier's penultimate
-layer), and the quality-vs-cost Pareto frontier with its plots.
-
-Also the FID InceptionV3 (Flax) and a small CNN classifier for class-fidelity checks, and
-CLIP (Flax, Hugging Face safetensors weights, offline tokenizer) for the CLIP score.
+They take features (arrays); the networks that compute features (the FID InceptionV3,
+the digits classifier, CLIP) are in :mod:`diffjax.networks`, and feature caching,
+sweeps and reports in :mod:`diffjax.app`.
 """
 
-from diffjax.metrics.classifier import (
-    ClassifierParams,
-    SmallCNN,
-    accuracy,
-    class_agreement,
-    classifier_features,
-    classify,
-    init_classifier,
-    load_classifier,
-    predict,
-    save_classifier,
-    train_classifier,
-)
-from diffjax.metrics.clip import (
-    CLIP,
-    CLIPConfig,
-    CLIPTextConfig,
-    CLIPVisionConfig,
-    clip_image_features,
-    clip_score,
-    clip_scores,
-    clip_text_features,
-    load_clip,
-    load_clip_tokenizer,
-    preprocess_clip_images,
-)
-from diffjax.metrics.clip_tokenizer import CLIPTokenizer
-from diffjax.metrics.features import (
-    FeatureExtractor,
-    ReferenceSet,
-    check_images,
-    classifier_extractor,
-    inception_extractor,
-    load_or_compute_reference,
-    metric_label,
-)
 from diffjax.metrics.fid import (
     FeatureStatistics,
     compute_statistics,
@@ -52,18 +14,6 @@ from diffjax.metrics.fid import (
     init_statistics,
     load_statistics,
     save_statistics,
-)
-from diffjax.metrics.inception import (
-    WEIGHTS_ENV_VAR,
-    FIDInceptionV3,
-    convert_pytorch_fid_checkpoint,
-    inception_apply,
-    inception_features,
-    load_inception_weights,
-    preprocess_images,
-    random_pytorch_fid_state_dict,
-    save_inception_weights,
-    variables_from_pytorch_fid_state_dict,
 )
 from diffjax.metrics.kid import KIDResult, kernel_inception_distance, polynomial_mmd2_unbiased
 from diffjax.metrics.memorization import (
@@ -80,10 +30,8 @@ from diffjax.metrics.memorization import (
 )
 from diffjax.metrics.pareto import (
     best_per_nfe,
-    format_pareto_table,
+    mark_pareto,
     pareto_front,
-    plot_quality_vs_nfe,
-    plot_quality_vs_seconds,
 )
 from diffjax.metrics.prdc import (
     DensityCoverage,
@@ -94,75 +42,33 @@ from diffjax.metrics.prdc import (
 )
 
 __all__ = [
-    "CLIP",
     "GU_THRESHOLD",
-    "WEIGHTS_ENV_VAR",
-    "CLIPConfig",
-    "CLIPTextConfig",
-    "CLIPTokenizer",
-    "CLIPVisionConfig",
-    "ClassifierParams",
     "DensityCoverage",
-    "FIDInceptionV3",
-    "FeatureExtractor",
     "FeatureStatistics",
     "KIDResult",
     "MemorizationReport",
     "NNDistanceDistribution",
     "NearestNeighbors",
     "PrecisionRecall",
-    "ReferenceSet",
-    "SmallCNN",
-    "accuracy",
     "best_per_nfe",
     "carlini_ratio",
-    "check_images",
-    "class_agreement",
-    "classifier_extractor",
-    "classifier_features",
-    "classify",
-    "clip_image_features",
-    "clip_score",
-    "clip_scores",
-    "clip_text_features",
     "compute_statistics",
-    "convert_pytorch_fid_checkpoint",
     "density_coverage",
     "fid_from_features",
     "fid_to_reference",
-    "format_pareto_table",
     "frechet_distance",
     "gu_ratio",
-    "inception_apply",
-    "inception_extractor",
-    "inception_features",
-    "init_classifier",
     "init_statistics",
     "kernel_inception_distance",
     "knn_radii",
-    "load_classifier",
-    "load_clip",
-    "load_clip_tokenizer",
-    "load_inception_weights",
-    "load_or_compute_reference",
     "load_statistics",
+    "mark_pareto",
     "memorization_report",
-    "metric_label",
     "nearest_neighbors",
     "nn_distance_distribution",
     "pareto_front",
-    "plot_quality_vs_nfe",
-    "plot_quality_vs_seconds",
     "polynomial_mmd2_unbiased",
     "precision_recall",
-    "predict",
-    "preprocess_clip_images",
-    "preprocess_images",
-    "random_pytorch_fid_state_dict",
-    "save_classifier",
-    "save_inception_weights",
     "save_nearest_neighbor_gallery",
     "save_statistics",
-    "train_classifier",
-    "variables_from_pytorch_fid_state_dict",
 ]

@@ -14,7 +14,7 @@ singular covariances accurate).
 Reference statistics are stored in the pytorch-fid ``.npz`` layout: arrays ``mu`` ``(d,)``
 and ``sigma`` ``(d, d)``, so files written by either tool can be read by the other.
 
-The features themselves come from :mod:`diffjax.metrics.inception` (or any other encoder).
+The features themselves come from :mod:`diffjax.networks.inception` (or any other encoder).
 
 References:
   Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash

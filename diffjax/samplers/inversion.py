@@ -64,7 +64,7 @@ def ddim_inversion(schedule: Any, timesteps: ArrayLike) -> Sampler:
       schedule: noise schedule with ``alpha(t)`` and ``sigma(t)``.
       timesteps: the *sampling* grid of the DDIM run that should decode the result: a
         static, non-increasing array of ``num_steps + 1`` model times, e.g.
-        ``[999, 899, ..., 99, -1]`` (``diffjax.generate.sampling_timesteps``). The
+        ``[999, 899, ..., 99, -1]`` (``diffjax.app.generate.sampling_timesteps``). The
         inverter walks it backwards, from ``timesteps[-1]`` (where the input lives, the
         clean point ``-1`` for data) up to ``timesteps[0]``, evaluating the denoiser once
         per step at the step's target time ``timesteps[:-1]`` (the times DDIM evaluates).

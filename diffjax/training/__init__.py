@@ -1,4 +1,7 @@
-"""Training: state, optimizer, the jitted step, sharding, checkpoints, the loop.
+"""Training machinery: state, optimizer, step, sharding, integrity, lock, preemption.
+
+The loop over a workdir (``train``, ``load_trained``) and its checkpoints are in
+:mod:`diffjax.app.train` and :mod:`diffjax.app.checkpoint`.
 
 The names below are imported on first use, so that a light submodule
 (:mod:`diffjax.training.preemption`) can be imported without JAX, orbax or grain.
@@ -9,7 +12,6 @@ from typing import TYPE_CHECKING
 from diffjax._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
-    from diffjax.training.loop import load_trained, load_training_data, train
     from diffjax.training.optimizer import make_optimizer
     from diffjax.training.state import (
         TrainState,
@@ -20,9 +22,6 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.training.step import make_train_step
 
 _LAZY = {
-    "load_trained": "diffjax.training.loop",
-    "load_training_data": "diffjax.training.loop",
-    "train": "diffjax.training.loop",
     "make_optimizer": "diffjax.training.optimizer",
     "TrainState": "diffjax.training.state",
     "create_train_state": "diffjax.training.state",
@@ -39,10 +38,7 @@ __all__ = [
     "TrainState",
     "create_train_state",
     "ema_decay_at",
-    "load_trained",
-    "load_training_data",
     "make_optimizer",
     "make_train_step",
-    "train",
     "update_ema",
 ]

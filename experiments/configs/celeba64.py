@@ -22,7 +22,7 @@ Tiny local variant (a one-level 8-channel UNet on 32x32 images, 8 steps):
 
 import ml_collections
 
-from diffjax.config import base_config, make_tiny, variant_flags
+from diffjax.app.config import base_config, make_tiny, variant_flags
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

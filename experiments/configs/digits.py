@@ -9,13 +9,13 @@ the big configs): run it on every host with a workdir all hosts see, adding
 Tiny local variant (seconds, for smoke tests):
   diffjax train --config experiments/configs/digits.py:tiny --workdir /tmp/digits_tiny
 
-The values live in the package (``diffjax.config.digits_config``) so that
+The values live in the package (``diffjax.app.config.digits_config``) so that
 ``diffjax demo`` works from an installed wheel without this folder.
 """
 
 import ml_collections
 
-from diffjax.config import digits_config
+from diffjax.app.config import digits_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

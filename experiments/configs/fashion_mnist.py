@@ -23,7 +23,7 @@ import os
 
 import ml_collections
 
-from diffjax.config import load_config, variant_flags
+from diffjax.app.config import load_config, variant_flags
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -25,7 +25,7 @@ import optax
 from flax import serialization, struct
 
 from diffjax.data.dataset import ImageDataset, iterate_batches, validate_dataset
-from diffjax.metrics._batching import map_padded_batches
+from diffjax.networks._batching import map_padded_batches
 
 __all__ = [
     "ClassifierParams",

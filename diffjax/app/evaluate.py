@@ -35,17 +35,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffjax import builders
-from diffjax.data import load_dataset
-from diffjax.generate import generate, make_sampler, network_evaluations
-from diffjax.metrics.classifier import (
-    ClassifierParams,
-    class_agreement,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
-from diffjax.metrics.features import (
+from diffjax.app import builders
+from diffjax.app.features import (
     INCEPTION_FEATURE_NAME,
     FeatureExtractor,
     ReferenceSet,
@@ -56,21 +47,29 @@ from diffjax.metrics.features import (
     load_or_compute_reference,
     metric_label,
 )
-from diffjax.metrics.fid import compute_statistics, frechet_distance, load_statistics
-from diffjax.metrics.inception import FEATURE_DIM
-from diffjax.metrics.kid import kernel_inception_distance
-from diffjax.metrics.pareto import (
+from diffjax.app.generate import generate, make_sampler, network_evaluations
+from diffjax.app.reports import (
     format_pareto_table,
-    mark_pareto,
     plot_quality_vs_nfe,
     plot_quality_vs_seconds,
     write_rows,
 )
+from diffjax.app.train import load_trained, load_training_data
+from diffjax.data import load_dataset
+from diffjax.metrics.fid import compute_statistics, frechet_distance, load_statistics
+from diffjax.metrics.kid import kernel_inception_distance
+from diffjax.metrics.pareto import mark_pareto
 from diffjax.metrics.prdc import density_coverage, precision_recall
+from diffjax.networks.classifier import (
+    ClassifierParams,
+    class_agreement,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from diffjax.networks.inception import FEATURE_DIM
 from diffjax.nn import UNet
 from diffjax.schedules import DiscreteSchedule
-from diffjax.training import load_trained
-from diffjax.training.loop import load_training_data
 
 __all__ = [
     "CLASSIFIER_DATASETS",
@@ -109,11 +108,11 @@ def sampler_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule | None 
     """Network evaluations (NFE) of ``sampler`` run with ``num_steps`` (as ``generate``).
 
     A guided evaluation (conditional and unconditional in one batch) counts once. The
-    count is :func:`diffjax.generate.network_evaluations` (checked against counted
+    count is :func:`diffjax.app.generate.network_evaluations` (checked against counted
     denoiser calls in ``tests/test_samplers.py``).
 
     Args:
-      sampler: A name of :data:`diffjax.generate.SAMPLER_NAMES`.
+      sampler: A name of :data:`diffjax.app.generate.SAMPLER_NAMES`.
       num_steps: The ``num_steps`` given to ``generate``.
       schedule: Unused (kept so every sweep helper takes the same arguments).
 
@@ -221,7 +220,7 @@ def evaluation_classifier(
 ) -> tuple[ClassifierParams, str]:
     """Loads the workdir's evaluation classifier, training and saving it the first time.
 
-    The classifier is :func:`diffjax.metrics.classifier.train_classifier` with its
+    The classifier is :func:`diffjax.networks.classifier.train_classifier` with its
     default recipe on the run's training data, from ``jax.random.key(seed)``; it is
     saved to ``workdir/eval/<dataset>_classifier.msgpack`` (written atomically) and
     reused by every later evaluation, so their numbers share one feature space.
@@ -646,7 +645,7 @@ def evaluate(
 
     Args:
       workdir: The training workdir.
-      sampler: Sampler name (:data:`diffjax.generate.SAMPLER_NAMES`).
+      sampler: Sampler name (:data:`diffjax.app.generate.SAMPLER_NAMES`).
       num_steps: Its ``num_steps`` (the NFE budget for ``'dpm-fast'``).
       guidance_scale: Classifier-free guidance ``w``; None samples without guidance.
       num_samples: N, the number of samples (>= 6; hundreds or more for stable numbers).

@@ -19,7 +19,7 @@ Weights are never downloaded. Point :func:`load_clip` at a Hugging Face CLIP dir
 (``config.json`` + ``model.safetensors``, e.g. a local snapshot of
 ``openai/clip-vit-base-patch32``), or set ``DIFFJAX_CLIP_WEIGHTS`` to it;
 :func:`load_clip_tokenizer` reads ``vocab.json`` + ``merges.txt`` from the same place. The
-safetensors file is read with numpy (:mod:`diffjax.metrics.safetensors_io`), every tensor
+safetensors file is read with numpy (:mod:`diffjax.networks.safetensors_io`), every tensor
 checked by name and shape.
 
 CLIP score (Hessel et al. 2021, as in torchmetrics): for image/caption pairs,
@@ -55,9 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffjax.metrics._batching import map_padded_batches
-from diffjax.metrics.clip_tokenizer import CLIPTokenizer
-from diffjax.metrics.safetensors_io import read_safetensors
+from diffjax.networks._batching import map_padded_batches
+from diffjax.networks.clip_tokenizer import CLIPTokenizer
+from diffjax.networks.safetensors_io import read_safetensors
 
 __all__ = [
     "CLIP",
@@ -698,7 +698,7 @@ def load_clip(path: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any
 def load_clip_tokenizer(
     path: str | os.PathLike[str] | None = None, max_length: int | None = None
 ) -> CLIPTokenizer:
-    """The :class:`~diffjax.metrics.clip_tokenizer.CLIPTokenizer` of a CLIP directory.
+    """The :class:`~diffjax.networks.clip_tokenizer.CLIPTokenizer` of a CLIP directory.
 
     Args:
       path: Directory with ``vocab.json`` and ``merges.txt``; default

@@ -378,9 +378,9 @@ def _type_problem(key: str, value: Any, default: Any) -> str:
 def _check_values(values: dict[str, Any], problems: list[str], image_size: int | None) -> None:
     """Appends the range and allowed-value problems of the well-typed leaves in ``values``."""
     # Imported here: config.py itself stays free of jax/flax imports.
-    from diffjax.builders import BETA_RANGE_SCHEDULES, DTYPES
+    from diffjax.app.builders import BETA_RANGE_SCHEDULES, DTYPES
+    from diffjax.app.generate import parse_sampler_name
     from diffjax.data import SOURCE_NAMES, TFDS_PREFIX
-    from diffjax.generate import parse_sampler_name
     from diffjax.losses import LOSS_WEIGHTINGS, PREDICTION_TYPES
     from diffjax.nn.conv import CONV_WEIGHT_GRAD_MODES
     from diffjax.schedules import SCHEDULE_NAMES

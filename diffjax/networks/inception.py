@@ -12,7 +12,7 @@ layer for layer, with the parameter names of pytorch-fid's state dict (``Mixed_5
 Weights are never downloaded. Convert pytorch-fid's checkpoint
 (``pt_inception-2015-12-05-6726825d.pth``, obtained by the user) once with::
 
-    python -m diffjax.metrics.inception convert pt_inception-2015-12-05-6726825d.pth out.npz
+    python -m diffjax.networks.inception convert pt_inception-2015-12-05-6726825d.pth out.npz
 
 (needs ``torch``; only the converter imports it) and point :func:`load_inception_weights`
 at the ``.npz`` or set ``DIFFJAX_INCEPTION_WEIGHTS``. The ``.npz`` is a plain numpy
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.metrics._batching import map_padded_batches
+from diffjax.networks._batching import map_padded_batches
 
 __all__ = [
     "FEATURE_DIM",
@@ -640,13 +640,13 @@ def load_inception_weights(path: str | os.PathLike[str] | None = None) -> dict[s
                 f"{WEIGHTS_ENV_VAR}=/path/to/fid_inception.npz. diffjax never downloads them. "
                 "Get pytorch-fid's pt_inception-2015-12-05-6726825d.pth (its GitHub release "
                 "'fid_weights') and convert it once with `python -m "
-                "diffjax.metrics.inception convert <pth> <npz>` (needs torch)."
+                "diffjax.networks.inception convert <pth> <npz>` (needs torch)."
             )
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"FID Inception weights file {path!r} does not exist. Convert pytorch-fid's "
-            "checkpoint with `python -m diffjax.metrics.inception convert <pth> <npz>`."
+            "checkpoint with `python -m diffjax.networks.inception convert <pth> <npz>`."
         )
     with np.load(path, allow_pickle=False) as data:
         flat = {k: data[k] for k in data.files if k != _FORMAT_KEY}
@@ -684,8 +684,8 @@ def convert_pytorch_fid_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m diffjax.metrics.inception convert SRC.pth DST.npz``."""
-    parser = argparse.ArgumentParser(prog="python -m diffjax.metrics.inception")
+    """``python -m diffjax.networks.inception convert SRC.pth DST.npz``."""
+    parser = argparse.ArgumentParser(prog="python -m diffjax.networks.inception")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="convert pytorch-fid's .pth to diffjax's .npz")
     conv.add_argument("src")

@@ -62,8 +62,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     """Trains (or resumes) a run from a config file."""
     import jax
 
-    from diffjax.config import apply_overrides, load_config
-    from diffjax.training import distributed, preemption, train
+    from diffjax.app.config import apply_overrides, load_config
+    from diffjax.app.train import train
+    from diffjax.training import distributed, preemption
 
     config = load_config(args.config)
     apply_overrides(config, overrides)
@@ -101,10 +102,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import jax
     import numpy as np
 
-    from diffjax import builders, images
-    from diffjax.files import atomic_output
-    from diffjax.generate import generate, parse_guidance_interval
-    from diffjax.training import load_trained
+    from diffjax.app import builders, images
+    from diffjax.app.files import atomic_output
+    from diffjax.app.generate import generate, parse_guidance_interval
+    from diffjax.app.train import load_trained
 
     # Argument checks come before anything is loaded (or compiled).
     if args.num_per_label < 1:
@@ -153,7 +154,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     """Trains the digits model, samples a grid and prints the fidelity report."""
-    from diffjax.demo import format_report, run_demo
+    from diffjax.app.demo import format_report, run_demo
 
     report = run_demo(
         args.workdir,
@@ -166,7 +167,7 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _sampler_help() -> str:
-    from diffjax.generate import GRID_NAMES, SAMPLER_NAMES
+    from diffjax.app.generate import GRID_NAMES, SAMPLER_NAMES
 
     return (
         f"one of {', '.join(SAMPLER_NAMES)}; the DPM-Solver family and UniPC also take a "
@@ -176,7 +177,7 @@ def _sampler_help() -> str:
 
 def _sampler_name(text: str) -> str:
     """The type of --sampler: a sampler name with an optional grid suffix."""
-    from diffjax.generate import parse_sampler_name
+    from diffjax.app.generate import parse_sampler_name
 
     try:
         parse_sampler_name(text)
@@ -203,14 +204,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Samples a trained workdir and prints FID@N, KID, PR/DC, class agreement, speed."""
     import json
 
-    from diffjax.evaluate import (
+    from diffjax.app.evaluate import (
         check_num_samples,
         default_guidance,
         evaluate_sampler,
         format_evaluation,
         load_evaluation_context,
     )
-    from diffjax.files import write_text_atomic
+    from diffjax.app.files import write_text_atomic
 
     # The arguments are checked before load_evaluation_context, which may train the
     # evaluation classifier and cache reference features in WORKDIR/eval/.
@@ -253,15 +254,16 @@ def _check_eval_arguments(args: argparse.Namespace) -> None:
 
 def cmd_pareto(args: argparse.Namespace) -> None:
     """Sweeps samplers x NFE x guidance and writes the Pareto table, CSV/JSON and plots."""
-    from diffjax.evaluate import (
+    from diffjax.app.evaluate import (
         check_num_samples,
         check_sweep,
         default_guidance,
         load_evaluation_context,
         run_pareto_sweep,
     )
-    from diffjax.generate import parse_sampler_name
-    from diffjax.metrics.pareto import best_per_nfe, format_pareto_table
+    from diffjax.app.generate import parse_sampler_name
+    from diffjax.app.reports import format_pareto_table
+    from diffjax.metrics.pareto import best_per_nfe
 
     samplers = _parse_list(args.samplers, str, "--samplers")
     for name in samplers:

@@ -35,8 +35,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from diffjax import builders
-from diffjax import config as config_lib
+from diffjax.app import builders
+from diffjax.app import checkpoint as ckpt
+from diffjax.app import config as config_lib
+from diffjax.app.files import write_text_atomic
 from diffjax.data import (
     ImageDataset,
     ImageSource,
@@ -46,8 +48,6 @@ from diffjax.data import (
     training_batches,
 )
 from diffjax.data.pipeline import check_example
-from diffjax.files import write_text_atomic
-from diffjax.training import checkpoint as ckpt
 from diffjax.training import sharding
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.preemption import PreemptionWatcher
@@ -97,14 +97,14 @@ def train(
     """Trains (or resumes) the run described by ``config`` in ``workdir``.
 
     Everything that can refuse the run is checked before anything is written: the
-    config (:func:`diffjax.config.validate_config`), the data, the workdir's saved run
+    config (:func:`diffjax.app.config.validate_config`), the data, the workdir's saved run
     (model, diffusion, data) and the checkpoint's array structure (model and
     optimizer), then ``config.json`` is written atomically; a refused call leaves the
     workdir as it was. One ``train`` at a time holds a workdir
     (:class:`~diffjax.training.workdir_lock.WorkdirLock`).
 
     Args:
-      config: the full run config (see :func:`diffjax.config.base_config`).
+      config: the full run config (see :func:`diffjax.app.config.base_config`).
       workdir: where config, checkpoints and ``metrics.jsonl`` live. A workdir with a
         checkpoint resumes from its newest intact one (a damaged newer one is moved to
         ``checkpoints_set_aside/`` with a warning); one from an incompatible config is
@@ -485,7 +485,7 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
     Args:
       workdir: a training workdir.
       step: which checkpoint (default: the newest intact one; a damaged newer one is
-        skipped with a :class:`~diffjax.training.checkpoint.CheckpointWarning`).
+        skipped with a :class:`~diffjax.app.checkpoint.CheckpointWarning`).
 
     Returns:
       (config, model, ema_params, run_info).

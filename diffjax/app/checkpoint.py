@@ -31,8 +31,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from diffjax import config as config_lib
-from diffjax.files import write_text_atomic
+from diffjax.app import config as config_lib
+from diffjax.app.files import write_text_atomic
 from diffjax.training import integrity
 
 CONFIG_FILE = "config.json"

@@ -4,7 +4,7 @@ A :class:`FeatureExtractor` maps a batch of images on the data scale ``[-1, 1]``
 feature vectors. Two kinds exist:
 
 - ``"<dataset>-classifier"`` (:func:`classifier_extractor`): the penultimate layer of the
-  small CNN of :mod:`diffjax.metrics.classifier` trained on the dataset. It works offline,
+  small CNN of :mod:`diffjax.networks.classifier` trained on the dataset. It works offline,
   with no Inception weights, and is the default for the bundled datasets. Its numbers
   are comparable only with numbers from the same classifier (the same weights file).
 - ``"inception-pool3"`` (:func:`inception_extractor`): the 2048-d pool3 features of the
@@ -32,9 +32,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from diffjax.metrics.classifier import ClassifierParams, classifier_features
 from diffjax.metrics.fid import compute_statistics, load_statistics
-from diffjax.metrics.inception import FEATURE_DIM, inception_features, load_inception_weights
+from diffjax.networks.classifier import ClassifierParams, classifier_features
+from diffjax.networks.inception import FEATURE_DIM, inception_features, load_inception_weights
 
 __all__ = [
     "FeatureExtractor",
@@ -108,7 +108,7 @@ def inception_extractor(
     """The FID InceptionV3 pool3 features (2048-d) as a :class:`FeatureExtractor`.
 
     Images are resized to 299x299 (bilinear, no antialias) and grey images repeated to
-    RGB, as pytorch-fid does (:func:`diffjax.metrics.inception.preprocess_images`).
+    RGB, as pytorch-fid does (:func:`diffjax.networks.inception.preprocess_images`).
 
     Args:
       weights: Converted weights ``.npz``; default ``$DIFFJAX_INCEPTION_WEIGHTS``.

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import builders
+from diffjax.app import builders
 from diffjax.guidance import classifier_free_guidance
 from diffjax.nn import UNet
 from diffjax.samplers import (

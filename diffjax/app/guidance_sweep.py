@@ -4,7 +4,7 @@ Raising the guidance scale ``w`` (guided eps = ``(1 + w) eps_cond - w eps_uncond
 Salimans 2021) makes samples look more like their class and less varied. A sweep makes
 that trade visible with numbers: for each scale, :func:`guidance_sweep` samples ``N``
 images with balanced class labels from the *same* initial noise, and evaluates them with
-:func:`diffjax.evaluate.evaluate_samples` on the workdir's evaluation features:
+:func:`diffjax.app.evaluate.evaluate_samples` on the workdir's evaluation features:
 
 - fidelity: class agreement (the fraction the evaluation classifier assigns to the
   requested class) and precision;
@@ -40,10 +40,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from diffjax import images
-from diffjax.evaluate import EvalContext, evaluate_samples, sampler_nfe
-from diffjax.files import write_text_atomic
-from diffjax.generate import generate
+from diffjax.app import images
+from diffjax.app.evaluate import EvalContext, evaluate_samples, sampler_nfe
+from diffjax.app.files import write_text_atomic
+from diffjax.app.generate import generate
 from diffjax.schedules import DiscreteSchedule
 
 __all__ = [
@@ -84,7 +84,7 @@ class GuidanceSweep(NamedTuple):
 
     Attributes:
       rows: One flat dict per guidance scale (the :data:`GUIDANCE_COLUMNS` and the
-        labels of :func:`~diffjax.evaluate.evaluate_samples`).
+        labels of :func:`~diffjax.app.evaluate.evaluate_samples`).
       grids: One ``(num_classes * per_class, H, W, C)`` array per row: the first samples
         of each class, class-major (row ``c`` of a grid with ``per_class`` columns is
         class ``c``), clipped to ``[-1, 1]``.
@@ -104,7 +104,7 @@ def guidance_interval_for_sigmas(
     Kynkaanniemi et al. give their interval as EDM noise levels ``sigma_edm = sigma_t /
     alpha_t`` (e.g. ``(0.28, 5.42]`` for EDM2 on ImageNet-512); ``log SNR = -2 log
     sigma_edm``, so the schedule's :meth:`~DiscreteSchedule.t_from_log_snr` maps them to
-    model times for :func:`diffjax.generate.generate`'s ``guidance_interval``.
+    model times for :func:`diffjax.app.generate.generate`'s ``guidance_interval``.
 
     Raises:
       ValueError: unless ``0 < sigma_lo < sigma_hi``.
@@ -139,16 +139,16 @@ def guidance_sweep(
 
     Every scale uses the same key (the same initial noise and sampler noise) and the
     balanced labels ``arange(N) % num_classes``, so differences between rows are the
-    guidance alone. Each scale is one :func:`~diffjax.generate.generate` call of
+    guidance alone. Each scale is one :func:`~diffjax.app.generate.generate` call of
     ``num_samples`` images (the scale, rescale and interval are traced: one compilation
     serves the whole sweep). Samples are clipped to ``[-1, 1]`` before evaluation.
 
     Args:
-      ctx: From :func:`diffjax.evaluate.load_evaluation_context` (a class-conditional
+      ctx: From :func:`diffjax.app.evaluate.load_evaluation_context` (a class-conditional
         model trained with conditioning dropout).
       guidance_scales: The scales ``w`` (0 is the conditional model, through the
         batched guided path).
-      sampler: Sampler name (:data:`diffjax.generate.SAMPLER_NAMES`).
+      sampler: Sampler name (:data:`diffjax.app.generate.SAMPLER_NAMES`).
       num_steps: Its step count.
       num_samples: ``N`` per scale (at least ``num_classes * grid_per_class`` and 6).
       guidance_rescale: Guidance rescale factor in ``[0, 1]`` for every scale.

@@ -20,15 +20,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffjax import builders, images
-from diffjax.config import apply_overrides, digits_config
+from diffjax.app import builders, images
+from diffjax.app.config import apply_overrides, digits_config
+from diffjax.app.evaluate import EvalContext, load_evaluation_context, run_pareto_sweep
+from diffjax.app.files import write_text_atomic
+from diffjax.app.generate import generate
+from diffjax.app.reports import PARETO_COLUMNS, format_pareto_table
+from diffjax.app.train import train
 from diffjax.data import load_digits
-from diffjax.evaluate import EvalContext, load_evaluation_context, run_pareto_sweep
-from diffjax.files import write_text_atomic
-from diffjax.generate import generate
-from diffjax.metrics.classifier import ClassifierParams, accuracy, class_agreement
-from diffjax.metrics.pareto import PARETO_COLUMNS, best_per_nfe, format_pareto_table
-from diffjax.training import train
+from diffjax.metrics.pareto import best_per_nfe
+from diffjax.networks.classifier import ClassifierParams, accuracy, class_agreement
 
 DEFAULT_GUIDANCE_SCALES = (0.0, 1.0, 3.0)
 DEFAULT_PARETO_SAMPLERS = ("ddim", "dpm++2m", "ddpm")
