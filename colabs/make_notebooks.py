@@ -8,8 +8,10 @@ Usage, from the repository root::
 Every notebook opens with the same three cells: a Colab badge, the install cell (pip
 installs diffjax from the repository when running in Colab) and the setup cell, whose
 ``DIFFJAX_NOTEBOOK_MODE`` environment variable picks the sizes: ``full`` (default; minutes
-on a CPU for the digits) or ``small`` (a seconds-long smoke run with a tiny model, what
-``tests/test_notebooks.py`` executes). Notebooks 2 to 5 use the run notebook 1 trains
+on a CPU for the digits) or ``small`` (a short run with fewer steps and samples, what
+``tests/test_notebooks.py`` executes). Each notebook asserts the claims it teaches, in
+both modes, so a notebook that produces NaN samples or loses its result fails.
+Notebooks 2 to 5 use the run notebook 1 trains
 (``workdirs/<dataset>_<mode>``; trained on the spot when missing) or, when
 ``DIFFJAX_NOTEBOOK_WORKDIR`` names one, that trained workdir.
 """
@@ -71,8 +73,8 @@ SETUP = code('''
     import diffjax
     from diffjax.app import images
 
-    # "full": the notebook as meant (minutes on a CPU for the digits). "small": a
-    # seconds-long smoke run with a tiny model (what the test suite executes).
+    # "full": the notebook as meant (minutes on a CPU for the digits). "small": fewer
+    # steps and samples (what the test suite executes).
     MODE = os.environ.get("DIFFJAX_NOTEBOOK_MODE", "full")
     # True: Fashion-MNIST (60,000 28x28 images) and a larger UNet; pick a GPU or TPU runtime.
     LARGE = False
@@ -80,6 +82,14 @@ SETUP = code('''
         raise ValueError(f"DIFFJAX_NOTEBOOK_MODE={MODE!r}: expected 'small' or 'full'")
     SMALL = MODE == "small"
     print(f"mode {MODE}, large {LARGE}, devices {jax.devices()}")
+
+
+    def check_finite(x, what):
+        """Fails the notebook when ``x`` holds NaN or infinity (a broken model or sampler)."""
+        x = np.asarray(x)
+        bad = np.size(x) - np.isfinite(x).sum()
+        assert bad == 0, f"{what}: {bad} non-finite values"
+        return x
 
 
     def show(x, ncols, title="", scale=0.6):
@@ -116,9 +126,15 @@ CONFIG = code('''
         config.training.checkpoint_every = 2_000
         config.sampling.guidance_scale = 2.0
     elif SMALL:
-        config = diffjax.digits_config("tiny")  # a 16-channel UNet, batch 32
-        config.training.num_steps = 20
-        config.training.checkpoint_every = 20
+        # The digits UNet, briefly. (The 16-channel "tiny" variant trains faster, but its
+        # samples ignore their labels: one channel per GroupNorm group normalizes away the
+        # embedding each residual block adds.)
+        config = diffjax.digits_config()
+        config.training.num_steps = 150
+        config.training.batch_size = 32
+        config.training.checkpoint_every = 150
+        config.training.log_every = 10
+        config.optim.warmup_steps = 20
     else:
         config = diffjax.digits_config()  # the `diffjax demo` model: 1,000 steps of batch 128
     config.training.progress_bar = not SMALL
@@ -220,6 +236,8 @@ CELLS_01 = [
         plt.grid(alpha=0.3)
         plt.show()
         print(f"loss {log[0]['loss']:.4f} at step {steps[0]}, {log[-1]['loss']:.4f} at {steps[-1]}")
+        check_finite([r["loss"] for r in log], "training loss")
+        assert log[-1]["loss"] < 0.7 * log[0]["loss"], "the loss did not decrease"
     """),
     md("""
         ## Samples
@@ -228,13 +246,25 @@ CELLS_01 = [
         `lax.scan`; the guidance scale is a traced argument, so the three grids below
         share one compilation. `w = 0` is the conditional model, `w = 3` guided, and
         `w = -1` gives `eps(x, null)`: the unconditional model the dropout trained.
+
+        Does a sample show the digit it was asked for? A small CNN trained on the real
+        digits (`diffjax.networks.classifier`, the one `diffjax evaluate` uses) says:
+        **class agreement** is the fraction of samples it assigns to their label (chance:
+        1 in 10). The unconditional samples ignore their labels, so they score about
+        chance.
     """),
     code("""
         cfg, model, params, info = diffjax.load_trained(WORKDIR)
         n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
         print(f"UNet: {n_params:,} parameters, image shape {info['image_shape']}")
         schedule = diffjax.build_schedule(cfg.diffusion)
+        from diffjax.networks.classifier import accuracy, class_agreement, train_classifier
+
+        clf = train_classifier(train_set, key=jax.random.key(0))
+        heldout = load_dataset(config.data.name, split="heldout", **DATA_KW)
+        print(f"classifier held-out accuracy {accuracy(clf, heldout):.1%}")
         labels = np.tile(np.arange(model.num_classes), 4)  # one column per digit
+        agreement = {}
         for w, what in [(0.0, "conditional (w = 0)"), (3.0, "guided (w = 3)"),
                         (-1.0, "unconditional (w = -1: the null class alone)")]:
             x = diffjax.generate(
@@ -248,7 +278,12 @@ CELLS_01 = [
                 guidance_scale=w,
                 p_uncond=cfg.diffusion.p_uncond,
             )
+            agreement[w] = class_agreement(clf, check_finite(x, f"samples at w = {w:g}"), labels)
             show(x, ncols=model.num_classes, title=f"DDIM, {what}; labels 0-9 left to right")
+            print(f"w = {w:g}: class agreement {agreement[w]:.0%}")
+        assert agreement[0.0] > 0.3 and agreement[3.0] > 0.3, (
+            f"samples ignore their labels: {agreement}"
+        )
     """),
     md("""
         Next: [02 DDPM vs DDIM](02_ddpm_vs_ddim.ipynb) samples this network with both
@@ -289,8 +324,8 @@ CELLS_02 = [
         OUT = os.path.abspath("outputs/02_ddpm_vs_ddim")
         ctx = load_evaluation_context(WORKDIR)  # trains the evaluation classifier on first use
         print(f"features: {ctx.extractor.name}; reference: {ctx.reference_description}")
-        STEPS = (4,) if SMALL else (10, 20, 50, 100, 1000)
-        NUM_SAMPLES = 16 if SMALL else 200
+        STEPS = (4, 16) if SMALL else (10, 20, 50, 100, 1000)
+        NUM_SAMPLES = 32 if SMALL else 200
     """),
     md("""
         ## Quality against the number of steps
@@ -308,6 +343,12 @@ CELLS_02 = [
         )
         display(Markdown(format_pareto_table(rows, rows[0]["fid_label"])))
         display(Image(os.path.join(OUT, "pareto_nfe.png")))
+        fid = {(r["sampler"], r["num_steps"]): r["fid"] for r in rows}
+        assert all(r["num_nonfinite"] == 0 and np.isfinite(r["fid"]) for r in rows), rows
+        for name in ("ddim", "ddpm"):  # more steps, better samples
+            assert fid[name, STEPS[-1]] < fid[name, STEPS[0]], f"{name}: {fid}"
+        if STEPS[0] <= 5:  # DDIM's lead is large at very few steps (10 steps: within the noise)
+            assert fid["ddim", STEPS[0]] < fid["ddpm", STEPS[0]], fid
     """),
     md("""
         ## From DDIM to DDPM: eta
@@ -325,7 +366,7 @@ CELLS_02 = [
     """),
     code("""
         ETAS = (0.0, 1.0) if SMALL else (0.0, 0.2, 0.5, 0.8, 1.0)
-        ETA_STEPS = STEPS[0] if SMALL else 20
+        ETA_STEPS = STEPS[-1] if SMALL else 20
         labels = np.arange(NUM_SAMPLES) % ctx.model.num_classes
         half = NUM_SAMPLES // 2
         eta_rows = []
@@ -341,7 +382,8 @@ CELLS_02 = [
                 for i in range(2)
             ])
             m = evaluate_samples(
-                np.clip(x, -1, 1), labels, image_shape=ctx.image_shape,
+                np.clip(check_finite(x, f"DDIM eta {eta}"), -1, 1), labels,
+                image_shape=ctx.image_shape,
                 extractor=ctx.extractor, reference=ctx.reference, classifier=ctx.classifier,
             )
             eta_rows.append((eta, m["fid"], m["recall"]))
@@ -368,7 +410,7 @@ CELLS_02 = [
     code("""
         import functools
 
-        from diffjax.app.generate import sampling_timesteps
+        from diffjax.app.sampler_specs import sampling_timesteps
 
         heldout = load_dataset(config.data.name, split="heldout", **DATA_KW)
         pick = [int(np.flatnonzero(heldout.labels == c)[0]) for c in range(heldout.num_classes)]
@@ -390,13 +432,16 @@ CELLS_02 = [
             return x_T, x_rec
 
 
-        INV_STEPS = (8,) if SMALL else (10, 20, 50, 100, 1000)
+        INV_STEPS = (4, 16) if SMALL else (10, 20, 50, 100, 1000)
         errors = {}
         for n in INV_STEPS:
             latents, x_rec = invert_and_decode(ctx.params, x0, y, y, num_steps=n)
-            errors[n] = float(np.sqrt(np.mean((np.asarray(x_rec) - x0) ** 2)))
+            check_finite(latents, f"latents ({n} steps)")
+            errors[n] = float(np.sqrt(np.mean((check_finite(x_rec, "decoded") - x0) ** 2)))
             print(f"{n:5d} steps: latent std {float(np.std(latents)):.3f}, "
                   f"reconstruction RMSE {errors[n]:.4f}")
+        assert all(a > b for a, b in zip(errors.values(), list(errors.values())[1:])), (
+            f"the reconstruction error should shrink as the steps grow: {errors}")
         plt.figure(figsize=(4.5, 3))
         plt.loglog(list(errors), list(errors.values()), "o-")
         plt.xlabel("DDIM steps (each direction)")
@@ -459,7 +504,7 @@ CELLS_03 = [
         common = dict(
             sampler="dpm++2m",  # the multistep data-prediction solver suits guidance
             num_steps=5 if SMALL else 20,
-            num_samples=20 if SMALL else 300,
+            num_samples=50 if SMALL else 300,
             grid_per_class=2,
         )
         # Kynkaanniemi et al.'s EDM2 interval, sigma in (0.28, 5.42], as model timesteps:
@@ -474,6 +519,11 @@ CELLS_03 = [
         rows = plain.rows + rescaled.rows + limited.rows
         print(f"{len(rows)} points in {time.perf_counter() - start:.0f} s")
         display(Markdown(format_guidance_table(rows)))
+        assert all(np.isfinite(r["fid"]) for r in rows), "non-finite FID"
+        for sweep in (plain, rescaled, limited):  # fidelity rises with the guidance scale
+            agreement = [r["class_agreement"] for r in sweep.rows]
+            assert agreement[-1] > agreement[0] and agreement[-1] >= 0.9, (
+                sweep.rows[0]["variant"], agreement)
     """),
     md("""
         ## The trade-off
@@ -562,21 +612,27 @@ CELLS_04 = [
         SOLVERS = {
             "DDIM": lambda n: diffjax.ddim(schedule, grid(n)),
             "DPM-Solver++(2M)": lambda n: diffjax.dpm_solver_multistep(
-                schedule, grid(n), order=2, lower_order_final=False),
+                schedule, grid(n), order=2, lower_order_final="never"),
             "DPM-Solver++(3M)": lambda n: diffjax.dpm_solver_multistep(
-                schedule, grid(n), order=3, lower_order_final=False),
+                schedule, grid(n), order=3, lower_order_final="never"),
         }
         if SMALL:
             del SOLVERS["DPM-Solver++(3M)"]
         GM_NFES = (5, 10) if SMALL else (5, 10, 20, 50)  # one network call per step
         reference = run(diffjax.dpm_solver_multistep(schedule, grid(400), order=3))
-        errors = {}
+        errors, fitted = {}, {}
         for name, build in SOLVERS.items():
             errors[name] = [float(np.mean(np.linalg.norm(run(build(n)) - reference, axis=1)))
                             for n in GM_NFES]
             order = -np.polyfit(np.log(GM_NFES), np.log(errors[name]), 1)[0]
             print(f"{name:17s} error at NFE {GM_NFES}: "
                   + ", ".join(f"{e:.2e}" for e in errors[name]) + f"; fitted order {order:.1f}")
+            assert np.all(np.isfinite(errors[name])), name
+            fitted[name] = order
+        # DDIM is first order, DPM-Solver++(2M) second; from 10 NFE on the multistep solver wins.
+        assert 0.7 < fitted["DDIM"] < 1.5 and fitted["DPM-Solver++(2M)"] > 1.7, fitted
+        i10 = GM_NFES.index(10)
+        assert errors["DPM-Solver++(2M)"][i10] < 0.8 * errors["DDIM"][i10], errors
     """),
     md("""
         The fitted slopes are the solvers' orders: 1 for DDIM, about 2 and 3 for the
@@ -594,8 +650,8 @@ CELLS_04 = [
         (`dpm2`, noise prediction) diverges at its smallest budget.
     """),
     code("""
-        from diffjax.app.evaluate import steps_for_nfe
         from diffjax.app.generate import make_sampler
+        from diffjax.app.sampler_specs import parse_sampler
         from diffjax.metrics import compute_statistics, frechet_distance
 
         ref_clean = run(make_sampler("dpm++3m", schedule, 500, clip_x0=None))
@@ -604,10 +660,11 @@ CELLS_04 = [
         for name in ("ddim", "dpm++2m") if SMALL else ("ddim", "dpm++2m", "dpm++3m", "dpm2"):
             production[name] = []
             for nfe in GM_NFES:
-                found = steps_for_nfe(name, nfe, schedule)
+                found = parse_sampler(name).steps_for_nfe(nfe, schedule.num_timesteps)
                 if found is None:
                     continue
                 x = run(make_sampler(name, schedule, found[0], clip_x0=None))  # 2-D: no clipping
+                check_finite(x, f"{name} at NFE {found[1]}")
                 err = float(np.mean(np.linalg.norm(x - ref_clean, axis=1)))
                 fd = frechet_distance(*compute_statistics(x), mu_data, cov_data)
                 production[name].append((found[1], err))
@@ -663,6 +720,7 @@ CELLS_04 = [
             num_samples=16 if SMALL else 250, out_dir=OUT, progress=not SMALL,
         )
         display(Markdown(format_pareto_table(rows, rows[0]["fid_label"])))
+        assert all(r["num_nonfinite"] == 0 and np.isfinite(r["fid"]) for r in rows), rows
         for best in best_per_nfe(rows):
             print(f"NFE {best['nfe_target']}: best {best['sampler']} (FID {best['fid']:.2f})")
         display(Image(os.path.join(OUT, "pareto_nfe.png")))
@@ -731,16 +789,13 @@ CELLS_05 = [
 
         The same UNet and recipe, with a batch of 40 (the whole subset every step) and
         `diffjax.train(..., dataset=subset)`. In full mode this is 3,000 steps (about 8
-        minutes on a 2-core CPU).
+        minutes on a 2-core CPU); small mode trains 300.
     """),
     code("""
         mem_config = config.copy_and_resolve_references()
-        if SMALL:
-            mem_config.training.num_steps = 20  # the tiny config's batch of 32
-        else:
-            mem_config.training.batch_size = len(idx)
-            mem_config.training.num_steps = 3000
-            mem_config.training.checkpoint_every = 1000
+        mem_config.training.batch_size = len(idx)
+        mem_config.training.num_steps = 300 if SMALL else 3000
+        mem_config.training.checkpoint_every = 300 if SMALL else 1000
         MEM_WORKDIR = os.path.abspath(f"workdirs/memorize_{config.data.name}_{MODE}")
         start = time.perf_counter()
         diffjax.train(mem_config, MEM_WORKDIR, dataset=subset)
@@ -760,7 +815,7 @@ CELLS_05 = [
                 labels=np.arange(NUM) % model.num_classes,
                 sampler="dpm++2m", num_steps=5 if SMALL else 20,
             )
-            return np.clip(np.asarray(x), -1, 1)
+            return np.clip(check_finite(x, f"samples of {workdir}"), -1, 1)
 
 
         samples = {"40 images": draw(MEM_WORKDIR), "all images": draw(WORKDIR)}
@@ -776,6 +831,22 @@ CELLS_05 = [
                 f"NN-distance AUC {d['auc']:.3f}, "
                 f"median NN distance / held-out {d['median_ratio']:.3f}"
             )
+    """),
+    md("""
+        The two runs separate: the small run's samples sit much closer to its training
+        images, relative to their other neighbours (Carlini ratio) and to new real data
+        (AUC), than the full run's do. After 3,000 steps (full mode) most of its samples
+        are near-copies (Gu ratio below 1/3); after small mode's 300 steps none is yet,
+        but the separation is already there.
+    """),
+    code("""
+        mem, full = "40 images", "all images"
+        carlini = {name: float(np.median(r.carlini_ratio)) for name, r in reports.items()}
+        auc = {name: dists[name].summary["auc"] for name in samples}
+        assert carlini[mem] < 0.9 * carlini[full], f"no separation in the Carlini ratio: {carlini}"
+        assert auc[mem] > auc[full] + 0.2, f"no separation in the NN-distance AUC: {auc}"
+        if not SMALL:
+            assert reports[mem].fraction_memorized > 0.5 > reports[full].fraction_memorized
     """),
     code("""
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))

@@ -48,6 +48,7 @@ from diffjax.parameterization import (
     expand_to,
 )
 from diffjax.samplers.driver import check_denoised, check_same_schedule, concrete_value
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -73,7 +74,7 @@ def _is_static_zero(value: Any) -> bool:
     return v is not None and v.size == 1 and float(v) == 0.0
 
 
-def _check_rescale(rescale: Any, schedule: Any) -> bool:
+def _check_rescale(rescale: Any, schedule: VPSchedule | None) -> bool:
     """Validates ``rescale``/``schedule``; returns whether the rescale path is built."""
     if _is_static_zero(rescale):
         return False
@@ -120,7 +121,7 @@ def classifier_free_guidance(
     *,
     rescale: ArrayLike = 0.0,
     interval: tuple[ArrayLike, ArrayLike] | None = None,
-    schedule: Any = None,
+    schedule: VPSchedule | None = None,
 ) -> DenoiseFn:
     """Wraps a conditional denoiser with classifier-free guidance.
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from diffjax.parameterization import training_target
+from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
 PredictionType = str
@@ -101,7 +102,7 @@ def loss_weight(
 
 def diffusion_loss(
     model_fn: Callable[..., Array],
-    schedule: Any,
+    schedule: DiscreteSchedule,
     x0: Array,
     labels: Array | None,
     key: Array,
@@ -117,7 +118,7 @@ def diffusion_loss(
     Args:
       model_fn: ``model_fn(x_t, t, labels, dropout_key) -> prediction``, the network
         with its parameters bound (t is float32 model time, the timestep index).
-      schedule: a discrete VP schedule (``alpha``, ``sigma``, ``num_timesteps``).
+      schedule: the discrete VP schedule (``alpha``, ``sigma``, ``num_timesteps``).
       x0: clean images (B, H, W, C) in [-1, 1].
       labels: int labels (B,) or None for an unconditional model.
       key: one PRNG key, split here into timestep, noise, label-dropout and dropout keys;
@@ -139,14 +140,15 @@ def diffusion_loss(
         raise ValueError("p_uncond > 0 needs null_label (a model with a null class)")
     x0 = x0.astype(jnp.float32)
     batch = x0.shape[0]
+    per_example = key.shape == (batch,)
     if key.shape == ():
-        timesteps, eps, drop, dropout_key = _draw(key, x0.shape, schedule.num_timesteps, p_uncond)
-    elif key.shape == (batch,):
+        timesteps, eps, drop_key, dropout_key = _draw(key, x0.shape, schedule.num_timesteps)
+    elif per_example:
         draw = functools.partial(
-            _draw, shape=(1, *x0.shape[1:]), num_timesteps=schedule.num_timesteps, p_uncond=p_uncond
+            _draw, shape=(1, *x0.shape[1:]), num_timesteps=schedule.num_timesteps
         )
-        timesteps, eps, drop, _ = jax.vmap(draw)(key)
-        timesteps, eps, drop = timesteps[:, 0], eps[:, 0], drop[:, 0]
+        timesteps, eps, drop_key, _ = jax.vmap(draw)(key)
+        timesteps, eps = timesteps[:, 0], eps[:, 0]
         dropout_key = jax.random.split(key[0], 4)[3]
     else:
         raise ValueError(f"key must be one key or one per example ({batch},), got {key.shape}")
@@ -155,7 +157,11 @@ def diffusion_loss(
     sigma = _expand(schedule.sigma(t), x0)
     x_t = alpha * x0 + sigma * eps
     if labels is not None and p_uncond > 0:
-        labels = jnp.where(drop, jnp.int32(null_label), labels.astype(jnp.int32))
+        if per_example:  # each example's label from its own key, as a batch of one
+            drop_one = lambda k, y: drop_labels(k, y[None], p_uncond, null_label)[0]  # noqa: E731
+            labels = jax.vmap(drop_one)(drop_key, labels)
+        else:
+            labels = drop_labels(drop_key, labels, p_uncond, null_label)
     prediction = model_fn(x_t, t, labels, dropout_key).astype(jnp.float32)
     target = training_target(prediction_type, x0, eps, alpha, sigma)
     mse = jnp.mean(jnp.square(prediction - target), axis=tuple(range(1, x0.ndim)))
@@ -165,14 +171,13 @@ def diffusion_loss(
 
 
 def _draw(
-    key: Array, shape: tuple[int, ...], num_timesteps: int, p_uncond: float
+    key: Array, shape: tuple[int, ...], num_timesteps: int
 ) -> tuple[Array, Array, Array, Array]:
-    """Timesteps, noise and label-dropout flags for a batch of ``shape``, and a dropout key."""
+    """Timesteps, noise, the label-dropout key (of :func:`drop_labels`), a dropout key."""
     t_key, noise_key, drop_key, dropout_key = jax.random.split(key, 4)
     timesteps = sample_timesteps(t_key, shape[0], num_timesteps)
     eps = jax.random.normal(noise_key, shape, jnp.float32)
-    drop = jax.random.bernoulli(drop_key, p_uncond, shape[:1])
-    return timesteps, eps, drop, dropout_key
+    return timesteps, eps, drop_key, dropout_key
 
 
 def _expand(per_example: Array, like: Array) -> Array:

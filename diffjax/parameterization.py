@@ -26,6 +26,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from diffjax.schedules import VPSchedule
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
@@ -86,14 +88,14 @@ class ScheduledDenoiser:
     """
 
     fn: Callable[..., Denoised]
-    schedule: Any
+    schedule: VPSchedule
 
     def __call__(self, x: Array, t: ArrayLike, cond: Any = None) -> Denoised:
         """Calls ``fn(x, t, cond)``."""
         return self.fn(x, t, cond)
 
 
-def denoiser_schedule(denoise_fn: Any) -> Any:
+def denoiser_schedule(denoise_fn: Any) -> VPSchedule | None:
     """The schedule a denoiser records (a :class:`ScheduledDenoiser`), else ``None``."""
     if isinstance(denoise_fn, ScheduledDenoiser):
         return denoise_fn.schedule
@@ -194,7 +196,7 @@ def training_target(
 
 
 def make_denoiser(
-    model_fn: ModelFn, schedule: Any, prediction_type: str
+    model_fn: ModelFn, schedule: VPSchedule, prediction_type: str
 ) -> ScheduledDenoiser:
     """Wraps a raw network into a denoiser returning float32 ``(eps, x0)``.
 
@@ -205,8 +207,8 @@ def make_denoiser(
 
     Args:
       model_fn: ``model_fn(x, t, cond) -> raw output`` with the shape of ``x``.
-      schedule: anything with ``alpha(t)`` and ``sigma(t)`` (a discrete or continuous
-        VP schedule from :mod:`diffjax.schedules`).
+      schedule: a discrete or continuous VP schedule from :mod:`diffjax.schedules`
+        (:class:`~diffjax.schedules.VPSchedule`; ``alpha(t)`` and ``sigma(t)`` are used).
       prediction_type: what the network predicts: ``'eps'``, ``'x0'`` or ``'v'``.
 
     Returns:

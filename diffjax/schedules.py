@@ -6,7 +6,10 @@ A VP diffusion corrupts data as ``x_t = alpha(t) x_0 + sigma(t) eps`` with
 * discrete schedules (``T`` training timesteps, model time = integer index in
   ``[0, T-1]``) built from linear, scaled-linear (Stable Diffusion) and cosine
   betas, viewed in continuous time the way DPM-Solver views discrete models;
-* continuous-time VP schedules (linear ``beta(t)`` and cosine) on ``t in [eps, 1]``;
+* continuous-time VP schedules (linear ``beta(t)`` and cosine) on ``t in [0, 1]``,
+  sampled on ``[eps, t_max]``;
+* :class:`VPSchedule`, the protocol every schedule satisfies and every sampler,
+  denoiser and loss is written against;
 * static (NumPy) timestep grids for samplers: leading, trailing, linspace,
   quadratic and logSNR-uniform spacings.
 
@@ -19,6 +22,14 @@ discrete-to-continuous mapping ``t_cont = (n + 1) / T`` (Lu et al., 2022, App. D
 
 All ``log_snr`` values are ``2 log(alpha / sigma)`` (the log of the signal-to-noise
 ratio, twice DPM-Solver's ``lambda``).
+
+Dtypes. Schedule arithmetic follows the dtype of its input: float64 times (under
+``jax_enable_x64``) give float64 values, float32 times float32 values, and integer
+or lower-precision times are promoted to float32. A :class:`DiscreteSchedule` keeps
+its tables (``log alpha_bar_n``, computed in float64) at JAX's default float
+precision, float32 unless it is built with ``jax_enable_x64`` on or an explicit
+``dtype``; they are cast to the input's dtype at use, so float32 results do not
+depend on how the tables are stored.
 
 References:
   Ho et al., "Denoising Diffusion Probabilistic Models", 2020 (linear betas).
@@ -33,12 +44,14 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffjax._checks import check_int, is_int
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -48,6 +61,7 @@ __all__ = [
     "CosineVPSchedule",
     "DiscreteSchedule",
     "LinearVPSchedule",
+    "VPSchedule",
     "cosine_betas",
     "leading_timesteps",
     "linear_betas",
@@ -66,12 +80,15 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
+def _check_count(name: str, value: Any, maximum: int | None = None) -> int:
+    """A positive integer count: ``TypeError`` for a non-integer, ``ValueError`` if < 1."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {name}={value!r}")
+    return check_int(name, value, minimum=1, maximum=maximum)
+
+
 def _check_num_timesteps(num_timesteps: Any) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int | np.integer):
-        raise TypeError(f"num_timesteps must be an int, got {num_timesteps=!r}")
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps=}")
-    return int(num_timesteps)
+    return _check_count("num_timesteps", num_timesteps)
 
 
 def _check_beta_range(beta_start: float, beta_end: float) -> None:
@@ -144,6 +161,85 @@ def cosine_betas(
 
 
 # --------------------------------------------------------------------------------------
+# The schedule contract.
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VPSchedule(Protocol):
+    """A variance-preserving noise schedule in the model's own time ``t``.
+
+    The forward process is ``x_t = alpha_t x_0 + sigma_t eps`` with
+
+        alpha_t**2 + sigma_t**2 = 1,    lambda_t = log(alpha_t / sigma_t),
+
+    where ``alpha_t`` decreases and ``sigma_t`` increases with ``t`` (Kingma et al.,
+    2021, "Variational Diffusion Models", Sec. 2; Lu et al., 2022, Sec. 2.1, whose
+    ``lambda`` is half of :meth:`log_snr`). Methods take model times (scalars or
+    arrays; integers are promoted to float32) and compute in the input's float
+    dtype, at least float32.
+
+    Three times name the sampling range unambiguously:
+
+    * ``t_max``: the largest time, where samplers start from ``x_T ~ N(0, I)``;
+    * ``t_clean``: the clean point, ``sigma = 0`` and ``alpha = 1`` (``lambda =
+      +inf``): ``-1`` on a :class:`DiscreteSchedule`, ``0`` on a continuous one;
+    * ``t_min_noise``: the smallest time with ``sigma > 0`` at which samplers
+      evaluate the network: ``0`` (training timestep 0) on a
+      :class:`DiscreteSchedule`, ``eps`` (``1e-3``) on a continuous one.
+    """
+
+    @property
+    def t_max(self) -> float:
+        """Largest model time, where sampling starts."""
+        ...
+
+    @property
+    def t_clean(self) -> float:
+        """The clean point: ``sigma(t_clean) == 0``."""
+        ...
+
+    @property
+    def t_min_noise(self) -> float:
+        """Smallest model time with ``sigma > 0`` that samplers evaluate the network at."""
+        ...
+
+    def alpha(self, t: ArrayLike) -> Array:
+        """Signal scale ``alpha_t``."""
+        ...
+
+    def sigma(self, t: ArrayLike) -> Array:
+        """Noise scale ``sigma_t = sqrt(1 - alpha_t**2)``."""
+        ...
+
+    def log_snr(self, t: ArrayLike) -> Array:
+        """``log(alpha_t**2 / sigma_t**2) = 2 lambda_t``."""
+        ...
+
+    def alpha_bar(self, t: ArrayLike) -> Array:
+        """``alpha_t**2``."""
+        ...
+
+    def log_alpha(self, t: ArrayLike) -> Array:
+        """``log alpha_t``."""
+        ...
+
+    def t_from_log_snr(self, log_snr: ArrayLike) -> Array:
+        """Inverse of :meth:`log_snr`."""
+        ...
+
+
+def _float_dtype(value: ArrayLike) -> Any:
+    """The dtype schedule arithmetic on ``value`` runs in: its float dtype, >= float32."""
+    return jnp.promote_types(jnp.result_type(value), jnp.float32)
+
+
+def _as_float(value: ArrayLike) -> Array:
+    """``value`` as an array of :func:`_float_dtype` (float64 stays, integers -> float32)."""
+    return jnp.asarray(value, _float_dtype(value))
+
+
+# --------------------------------------------------------------------------------------
 # Discrete schedule.
 # --------------------------------------------------------------------------------------
 
@@ -155,10 +251,13 @@ class DiscreteSchedule:
     Build it with :meth:`from_betas` or :meth:`from_alphas_cumprod` (which compute
     the logs in float64) or with :func:`make_schedule`. It is a pytree, so it may be
     passed through ``jax.jit``; the number of timesteps is static (an array shape).
+    It satisfies :class:`VPSchedule` with ``t_clean = -1``, ``t_min_noise = 0`` and
+    ``t_max = T - 1``.
 
     Attributes:
-      alphas_cumprod: ``alpha_bar_n`` for ``n = 0..T-1``, float32, shape ``(T,)``.
-      log_alphas_cumprod: ``log alpha_bar_n`` (computed in float64, stored float32).
+      alphas_cumprod: ``alpha_bar_n`` for ``n = 0..T-1``, shape ``(T,)``.
+      log_alphas_cumprod: ``log alpha_bar_n``, computed in float64 and stored at the
+        construction ``dtype`` (float32 by default); cast to the input's dtype at use.
     """
 
     alphas_cumprod: Array
@@ -167,8 +266,14 @@ class DiscreteSchedule:
     # ----- construction ---------------------------------------------------------------
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod: ArrayLike) -> DiscreteSchedule:
-        """Builds a schedule from ``alpha_bar`` values (strictly decreasing, in (0, 1))."""
+    def from_alphas_cumprod(cls, alphas_cumprod: ArrayLike, dtype: Any = None) -> DiscreteSchedule:
+        """Builds a schedule from ``alpha_bar`` values (strictly decreasing, in (0, 1)).
+
+        Args:
+          alphas_cumprod: ``alpha_bar_n``, shape ``(T,)``.
+          dtype: the tables' dtype; ``None`` is JAX's default float (float32, or
+            float64 under ``jax_enable_x64``).
+        """
         ac = np.asarray(alphas_cumprod, dtype=np.float64)
         if ac.ndim != 1 or ac.shape[0] < 1:
             raise ValueError(f"alphas_cumprod must be a non-empty 1-D array, got shape {ac.shape}")
@@ -176,23 +281,32 @@ class DiscreteSchedule:
             raise ValueError("alphas_cumprod must lie in the open interval (0, 1)")
         if np.any(np.diff(ac) >= 0.0):
             raise ValueError("alphas_cumprod must be strictly decreasing")
-        return cls(
-            alphas_cumprod=jnp.asarray(ac, jnp.float32),
-            log_alphas_cumprod=jnp.asarray(np.log(ac), jnp.float32),
-        )
+        return cls._from_tables(ac, np.log(ac), dtype)
 
     @classmethod
-    def from_betas(cls, betas: ArrayLike) -> DiscreteSchedule:
-        """Builds a schedule from betas: ``alpha_bar_n = prod_{i<=n} (1 - beta_i)``."""
+    def from_betas(cls, betas: ArrayLike, dtype: Any = None) -> DiscreteSchedule:
+        """Builds a schedule from betas: ``alpha_bar_n = prod_{i<=n} (1 - beta_i)``.
+
+        Args:
+          betas: ``beta_n``, shape ``(T,)``.
+          dtype: the tables' dtype; ``None`` is JAX's default float (float32, or
+            float64 under ``jax_enable_x64``).
+        """
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or b.shape[0] < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {b.shape}")
         if not (np.all(b > 0.0) and np.all(b < 1.0)):
             raise ValueError("betas must lie in the open interval (0, 1)")
         log_ac = np.cumsum(np.log1p(-b))
+        return cls._from_tables(np.exp(log_ac), log_ac, dtype)
+
+    @classmethod
+    def _from_tables(cls, ac: np.ndarray, log_ac: np.ndarray, dtype: Any) -> DiscreteSchedule:
+        """Stores float64 tables at ``dtype`` (``None``: JAX's default float dtype)."""
+        if dtype is None:
+            dtype = jnp.result_type(float)
         return cls(
-            alphas_cumprod=jnp.asarray(np.exp(log_ac), jnp.float32),
-            log_alphas_cumprod=jnp.asarray(log_ac, jnp.float32),
+            alphas_cumprod=jnp.asarray(ac, dtype), log_alphas_cumprod=jnp.asarray(log_ac, dtype)
         )
 
     # ----- static properties ----------------------------------------------------------
@@ -205,13 +319,18 @@ class DiscreteSchedule:
     @property
     def betas(self) -> Array:
         """``beta_n = 1 - alpha_bar_n / alpha_bar_{n-1}`` (with ``alpha_bar_{-1} = 1``)."""
-        padded = self._padded_log_alpha_bar()
+        padded = self._padded_log_alpha_bar(self.log_alphas_cumprod.dtype)
         return -jnp.expm1(padded[1:] - padded[:-1])
 
     @property
-    def t_min(self) -> float:
-        """Smallest model time, the clean point ``-1``."""
+    def t_clean(self) -> float:
+        """The clean point ``-1`` (``alpha_bar = 1``, ``sigma = 0``)."""
         return -1.0
+
+    @property
+    def t_min_noise(self) -> float:
+        """Smallest noisy time ``0``, training timestep 0 (``sigma**2 = beta_0``)."""
+        return 0.0
 
     @property
     def t_max(self) -> float:
@@ -220,17 +339,18 @@ class DiscreteSchedule:
 
     # ----- continuous view --------------------------------------------------------------
 
-    def _padded_log_alpha_bar(self) -> Array:
-        zero = jnp.zeros((1,), self.log_alphas_cumprod.dtype)
-        return jnp.concatenate([zero, self.log_alphas_cumprod])
+    def _padded_log_alpha_bar(self, dtype: Any) -> Array:
+        """``log alpha_bar`` at model times ``-1, 0, ..., T-1``, as ``dtype``."""
+        zero = jnp.zeros((1,), dtype)
+        return jnp.concatenate([zero, jnp.asarray(self.log_alphas_cumprod, dtype)])
 
     def log_alpha_bar(self, t: ArrayLike) -> Array:
         """``log alpha_bar(t)``, piecewise linear on the grid ``-1, 0, ..., T-1``.
 
         Exact at integers; values outside ``[-1, T-1]`` are clamped.
         """
-        t = jnp.asarray(t, jnp.float32)
-        padded = self._padded_log_alpha_bar()  # index k <-> model time k - 1
+        t = _as_float(t)
+        padded = self._padded_log_alpha_bar(t.dtype)  # index k <-> model time k - 1
         u = jnp.clip(t + 1.0, 0.0, float(self.num_timesteps))
         lo = jnp.clip(jnp.floor(u), 0.0, float(self.num_timesteps - 1))
         frac = u - lo
@@ -260,10 +380,10 @@ class DiscreteSchedule:
 
     def t_from_log_snr(self, log_snr: ArrayLike) -> Array:
         """Inverse of :meth:`log_snr` (inverts the piecewise-linear ``log alpha_bar``)."""
-        log_snr = jnp.asarray(log_snr, jnp.float32)
+        log_snr = _as_float(log_snr)
         lab = -jax.nn.softplus(-log_snr)  # log sigmoid(log_snr) = log alpha_bar
-        padded = self._padded_log_alpha_bar()
-        grid = jnp.arange(-1, self.num_timesteps, dtype=jnp.float32)
+        padded = self._padded_log_alpha_bar(log_snr.dtype)
+        grid = jnp.arange(-1, self.num_timesteps, dtype=log_snr.dtype)
         # jnp.interp needs increasing abscissae: log alpha_bar decreases with t.
         return jnp.interp(lab, padded[::-1], grid[::-1])
 
@@ -280,11 +400,11 @@ class DiscreteSchedule:
 
     def to_continuous_time(self, timestep: ArrayLike) -> Array:
         """DPM-Solver's map from discrete model time ``n`` to ``t = (n + 1) / T``."""
-        return (jnp.asarray(timestep, jnp.float32) + 1.0) / self.num_timesteps
+        return (_as_float(timestep) + 1.0) / self.num_timesteps
 
     def from_continuous_time(self, t: ArrayLike) -> Array:
         """Inverse of :meth:`to_continuous_time`: ``n = T t - 1``."""
-        return jnp.asarray(t, jnp.float32) * self.num_timesteps - 1.0
+        return _as_float(t) * self.num_timesteps - 1.0
 
 
 _BETA_FNS = {
@@ -296,12 +416,15 @@ _BETA_FNS = {
 SCHEDULE_NAMES = tuple(_BETA_FNS)
 
 
-def make_schedule(name: str, num_timesteps: int = 1000, **kwargs: Any) -> DiscreteSchedule:
+def make_schedule(
+    name: str, num_timesteps: int = 1000, *, dtype: Any = None, **kwargs: Any
+) -> DiscreteSchedule:
     """Builds a :class:`DiscreteSchedule` from a schedule name (for configs).
 
     Args:
       name: one of ``'linear'``, ``'scaled_linear'``, ``'cosine'``.
       num_timesteps: number of training timesteps ``T``.
+      dtype: the tables' dtype (see :meth:`DiscreteSchedule.from_betas`).
       **kwargs: forwarded to the beta function (e.g. ``beta_start``, ``s``).
 
     Returns:
@@ -312,7 +435,7 @@ def make_schedule(name: str, num_timesteps: int = 1000, **kwargs: Any) -> Discre
     """
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"unknown schedule {name=!r}; expected one of {sorted(SCHEDULE_NAMES)}")
-    return DiscreteSchedule.from_betas(_BETA_FNS[name](num_timesteps, **kwargs))
+    return DiscreteSchedule.from_betas(_BETA_FNS[name](num_timesteps, **kwargs), dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -321,7 +444,25 @@ def make_schedule(name: str, num_timesteps: int = 1000, **kwargs: Any) -> Discre
 
 
 class _ContinuousVP:
-    """Shared methods; subclasses define ``log_alpha`` and ``t_from_log_snr``."""
+    """Shared methods of the continuous schedules.
+
+    Subclasses define ``log_alpha``, ``t_from_log_snr``, ``t_max`` and the field
+    ``t_min_noise``.
+    """
+
+    t_min_noise: float
+
+    @property
+    def t_clean(self) -> float:
+        """The clean point ``0`` (``alpha = 1``, ``sigma = 0``)."""
+        return 0.0
+
+    def _check_range(self) -> None:
+        if not 0.0 < self.t_min_noise < self.t_max:
+            raise ValueError(
+                f"need 0 < t_min_noise < t_max, got t_min_noise={self.t_min_noise}, "
+                f"t_max={self.t_max}"
+            )
 
     def log_alpha(self, t: ArrayLike) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -351,15 +492,17 @@ class LinearVPSchedule(_ContinuousVP):
     ``log alpha(t) = -t**2 (beta_max - beta_min) / 4 - t beta_min / 2``
     (Song et al., 2021, "Score-Based Generative Modeling through SDEs", Eq. 33).
 
+    It satisfies :class:`VPSchedule` with ``t_clean = 0`` and ``t_max = 1``.
+
     Attributes:
       beta_min: ``beta(0)``.
       beta_max: ``beta(1)``.
-      t_min: smallest time a sampler should reach (``eps``).
+      t_min_noise: smallest time a sampler evaluates the network at (``eps``).
     """
 
     beta_min: float = flax.struct.field(pytree_node=False, default=0.1)
     beta_max: float = flax.struct.field(pytree_node=False, default=20.0)
-    t_min: float = flax.struct.field(pytree_node=False, default=1e-3)
+    t_min_noise: float = flax.struct.field(pytree_node=False, default=1e-3)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta_min < self.beta_max:
@@ -367,6 +510,7 @@ class LinearVPSchedule(_ContinuousVP):
                 f"need 0 <= beta_min < beta_max, got beta_min={self.beta_min}, "
                 f"beta_max={self.beta_max}"
             )
+        self._check_range()
 
     @property
     def t_max(self) -> float:
@@ -375,12 +519,12 @@ class LinearVPSchedule(_ContinuousVP):
 
     def log_alpha(self, t: ArrayLike) -> Array:
         """``log alpha(t)``."""
-        t = jnp.asarray(t, jnp.float32)
+        t = _as_float(t)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def t_from_log_snr(self, log_snr: ArrayLike) -> Array:
         """Inverse of :meth:`log_snr` in closed form (Lu et al., 2022, App. D)."""
-        log_snr = jnp.asarray(log_snr, jnp.float32)
+        log_snr = _as_float(log_snr)
         db = self.beta_max - self.beta_min
         tmp = 2.0 * db * jax.nn.softplus(-log_snr)  # = -4 db log alpha
         return tmp / (jnp.sqrt(self.beta_min**2 + tmp) + self.beta_min) / db
@@ -394,28 +538,38 @@ class CosineVPSchedule(_ContinuousVP):
     ``t = 1`` alpha vanishes and log-SNR diverges, so samplers start at ``t_max``
     (DPM-Solver's ``T = 0.9946``). The discrete cosine schedule satisfies
     ``alpha_bar_n = alpha_bar((n + 1) / T)`` wherever its betas are not capped.
+    It satisfies :class:`VPSchedule` with ``t_clean = 0``.
 
     Attributes:
       s: small offset.
-      t_min: smallest time a sampler should reach (``eps``).
+      t_min_noise: smallest time a sampler evaluates the network at (``eps``).
       t_max: largest time a sampler should start from.
     """
 
     s: float = flax.struct.field(pytree_node=False, default=0.008)
-    t_min: float = flax.struct.field(pytree_node=False, default=1e-3)
+    t_min_noise: float = flax.struct.field(pytree_node=False, default=1e-3)
     t_max: float = flax.struct.field(pytree_node=False, default=0.9946)
+
+    def __post_init__(self) -> None:
+        self._check_range()
 
     def _log_alpha_0(self) -> float:
         return math.log(math.cos(self.s / (1.0 + self.s) * math.pi / 2.0))
 
     def log_alpha(self, t: ArrayLike) -> Array:
-        """``log alpha(t)``."""
-        t = jnp.asarray(t, jnp.float32)
-        return jnp.log(jnp.cos((t + self.s) / (1.0 + self.s) * jnp.pi / 2.0)) - self._log_alpha_0()
+        """``log alpha(t)``; exactly ``0`` at the clean point ``t = 0``.
+
+        The normalization ``log alpha(0)`` is a float64 constant, which the dtype's
+        rounding of ``log cos(...)`` at ``t = 0`` does not cancel exactly (float32 would
+        leave ``sigma(0) = 2e-4``), so ``t = 0`` is pinned.
+        """
+        t = _as_float(t)
+        log_alpha = jnp.log(jnp.cos((t + self.s) / (1.0 + self.s) * jnp.pi / 2.0))
+        return jnp.where(t == 0.0, 0.0, log_alpha - self._log_alpha_0())
 
     def t_from_log_snr(self, log_snr: ArrayLike) -> Array:
         """Inverse of :meth:`log_snr` in closed form."""
-        log_snr = jnp.asarray(log_snr, jnp.float32)
+        log_snr = _as_float(log_snr)
         log_alpha = -0.5 * jax.nn.softplus(-log_snr)
         c = jnp.exp(log_alpha + self._log_alpha_0())
         return jnp.arccos(c) * 2.0 * (1.0 + self.s) / jnp.pi - self.s
@@ -428,15 +582,12 @@ class CosineVPSchedule(_ContinuousVP):
 
 def _check_steps(num_timesteps: Any, num_steps: Any) -> tuple[int, int]:
     num_timesteps = _check_num_timesteps(num_timesteps)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-        raise TypeError(f"num_steps must be an int, got {num_steps=!r}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps=}")
+    num_steps = _check_count("num_steps", num_steps)
     if num_steps > num_timesteps:
         raise ValueError(
             f"num_steps={num_steps} exceeds the schedule's num_timesteps={num_timesteps}"
         )
-    return num_timesteps, int(num_steps)
+    return num_timesteps, num_steps
 
 
 def leading_timesteps(num_timesteps: int, num_steps: int, offset: int = 0) -> np.ndarray:

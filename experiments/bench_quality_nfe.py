@@ -1,6 +1,6 @@
 """Sample quality against network evaluations (NFE) on a 2-D Gaussian mixture, exact score.
 
-Every sampler of ``diffjax.app.generate.SAMPLER_NAMES`` (plus UniPC with the third-order
+Every sampler of ``diffjax.app.sampler_specs.SAMPLER_NAMES`` (plus UniPC with the third-order
 predictor, 'unipc-3', and DPM-Solver++(2M), UniPC and UniPC-3 on logSNR-uniform grids
 from t = 999 to t = 0, ``make_sampler``'s '@logsnr' suffix, instead of its default
 linspace grid with a first-order last step onto sigma = 0) runs on the exact noise
@@ -39,7 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax import schedules
-from diffjax.app.generate import SAMPLER_NAMES, make_sampler, network_evaluations, solver_timesteps
+from diffjax.app.generate import make_sampler
+from diffjax.app.sampler_specs import (
+    SAMPLER_NAMES,
+    SamplerSpec,
+    parse_sampler,
+    solver_timesteps,
+)
 from diffjax.samplers import dpm_solver_fast_timesteps, dpm_solver_multistep, sample, unipc
 from diffjax.samplers.analytic import GaussianMixture
 
@@ -72,15 +78,19 @@ def sliced_w2(a: np.ndarray, b: np.ndarray, directions: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pa - pb) ** 2)))
 
 
+def _spec(name: str) -> SamplerSpec:
+    """The spec of ``name``; 'unipc-3' counts as UniPC (one evaluation a step)."""
+    return parse_sampler(name.replace("unipc-3", "unipc"))
+
+
 def steps_for_budget(name: str, nfe: int) -> int | None:
     """The most steps of ``name`` whose network evaluations fit ``nfe`` (None if none)."""
-    minimum = {"dpm++3m": 3, "unipc-3": 3, "unipc-3@logsnr": 3}.get(name, 1)
-    fits = [s for s in range(minimum, nfe + 1) if evaluations(name, s) <= nfe]
-    return max(fits) if fits else None
+    found = _spec(name).steps_for_nfe(nfe, 1000)
+    return None if found is None else found[0]
 
 
 def evaluations(name: str, steps: int) -> int:
-    return network_evaluations(name.replace("unipc-3", "unipc"), steps)
+    return _spec(name).nfe(steps)
 
 
 def build(name: str, schedule: schedules.DiscreteSchedule, steps: int):
@@ -125,8 +135,8 @@ def main() -> None:
     refs, check = {}, {}
     for target, clean in (("clean", True), ("sigma_min", False)):
         grid = solver_timesteps(T, T - 1, clean_target=clean)
-        refs[target] = run(unipc(schedule, grid, 3, lower_order_final=False))
-        other = run(dpm_solver_multistep(schedule, grid, 3, lower_order_final=False))
+        refs[target] = run(unipc(schedule, grid, 3, lower_order_final="never"))
+        other = run(dpm_solver_multistep(schedule, grid, 3, lower_order_final="never"))
         check[target] = float(np.sqrt(np.mean(np.sum((refs[target] - other) ** 2, -1))))
     ref_sw2 = sliced_w2(refs["clean"], exact, directions)
 

@@ -1,6 +1,6 @@
 """Sampler benchmarks on the digits UNet (random init): loop overhead, compile time, memory.
 
-(a) Overhead ratio per sampler in ``diffjax.app.generate.SAMPLER_NAMES``: the time of the
+(a) Overhead ratio per sampler in ``diffjax.app.sampler_specs.SAMPLER_NAMES``: the time of the
     full jitted sampling loop (``diffjax.samplers.sample``, one ``lax.scan``) divided by
     (number of network evaluations x time of one jitted network evaluation at the same
     batch). The network evaluation is the denoiser (UNet apply + eps/x0 conversion) at
@@ -44,7 +44,8 @@ import numpy as np
 
 from diffjax.app import builders
 from diffjax.app.config import digits_config
-from diffjax.app.generate import SAMPLER_NAMES, make_sampler
+from diffjax.app.generate import make_sampler
+from diffjax.app.sampler_specs import SAMPLER_NAMES
 from diffjax.parameterization import make_denoiser
 from diffjax.samplers import sample
 

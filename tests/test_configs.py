@@ -26,7 +26,7 @@ import pytest
 
 from diffjax.app import builders
 from diffjax.app import config as config_lib
-from diffjax.app.generate import SAMPLER_NAMES
+from diffjax.app.sampler_specs import SAMPLER_NAMES
 from diffjax.data import TFDS_DATASETS, TFDS_PREFIX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

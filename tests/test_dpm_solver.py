@@ -6,20 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from harness import (
-    COV,
     KEY,
     LINEAR,
-    MU,
-    LinearVP64,
     T,
-    affine_law,
-    exact_flow_law,
-    fitted_order,
-    gaussian_denoiser64,
-    gaussian_w2,
     harness_model,
     harness_sample,
-    run_eager,
 )
 
 from diffjax import schedules as S
@@ -28,6 +19,7 @@ from diffjax.parameterization import make_denoiser
 from diffjax.samplers import (
     DynamicThresholding,
     MultistepState,
+    StaticThresholding,
     ddim,
     dpm_solver_fast,
     dpm_solver_fast_orders,
@@ -38,6 +30,7 @@ from diffjax.samplers import (
     multistep_orders,
     sample,
 )
+from diffjax.samplers.analytic import GaussianMixture
 
 # ------------------------------------------------- diffusers harness (golden values)
 
@@ -53,7 +46,7 @@ from diffjax.samplers import (
 )
 def test_dpm_solver_pp_2m_matches_diffusers_harness(prediction_type, thresholding, golden_mean):
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint, linspace spacing, 10
-    steps, lower_order_final=False, final_sigmas_type='sigma_min' (target t = 0).
+    steps, lower_order_final=False ('never'), final_sigmas_type='sigma_min' (target t = 0).
 
     diffusers' sigmas are sqrt((1 - alpha_bar) / alpha_bar) at the integer timesteps,
     i.e. our alpha and sigma at those model times; sigma_min is the sigma of t = 0.
@@ -64,7 +57,12 @@ def test_dpm_solver_pp_2m_matches_diffusers_harness(prediction_type, thresholdin
     np.testing.assert_array_equal(grid, [999, 899, 799, 699, 599, 500, 400, 300, 200, 100, 0])
     den = make_denoiser(harness_model, LINEAR, prediction_type)
     sampler = dpm_solver_multistep(
-        LINEAR, grid, 2, solver_type="midpoint", lower_order_final=False, thresholding=thresholding
+        LINEAR,
+        grid,
+        2,
+        solver_type="midpoint",
+        lower_order_final="never",
+        thresholding=thresholding,
     )
     x = jax.jit(lambda x: sample(sampler, den, x, KEY))(harness_sample())
     assert x.dtype == jnp.float32
@@ -78,10 +76,10 @@ def test_first_order_solvers_equal_ddim():
     den = make_denoiser(lambda x, t, c: jnp.sin(x) * 0.5 + 0.1 * x, LINEAR, "eps")
     x_T = jax.random.normal(jax.random.key(1), (3, 4))
     samplers = [
-        dpm_solver_singlestep(LINEAR, grid, 1, algorithm="dpmsolver"),
-        dpm_solver_singlestep(LINEAR, grid, 1, algorithm="dpmsolver++"),
-        dpm_solver_multistep(LINEAR, grid, 1, algorithm="dpmsolver"),
-        dpm_solver_multistep(LINEAR, grid, 1, algorithm="dpmsolver++"),
+        dpm_solver_singlestep(LINEAR, grid, 1, prediction="noise"),
+        dpm_solver_singlestep(LINEAR, grid, 1, prediction="data"),
+        dpm_solver_multistep(LINEAR, grid, 1, prediction="noise"),
+        dpm_solver_multistep(LINEAR, grid, 1, prediction="data"),
     ]
     outs = jax.jit(lambda x: [sample(s, den, x, KEY) for s in [ddim(LINEAR, grid), *samplers]])(x_T)
     for out in outs[1:]:
@@ -91,96 +89,7 @@ def test_first_order_solvers_equal_ddim():
 # -------------------------------------------------- convergence orders (float64)
 
 
-LOW, HIGH = [20, 40, 80], [40, 80, 160]  # step counts for the fits
-ORDER_CASES = {
-    # name: (builder(schedule, grid), step counts, allowed slope range)
-    "order1-ddim": (
-        lambda s, g: dpm_solver_singlestep(s, g, 1, algorithm="dpmsolver"),
-        LOW,
-        0.9,
-        1.1,
-    ),
-    "dpm-solver-2": (
-        lambda s, g: dpm_solver_singlestep(s, g, 2, algorithm="dpmsolver"),
-        LOW,
-        1.8,
-        2.2,
-    ),
-    "dpm-solver-2-heun": (
-        lambda s, g: dpm_solver_singlestep(s, g, 2, algorithm="dpmsolver", solver_type="heun"),
-        LOW,
-        1.8,
-        2.2,
-    ),
-    "dpm-solver-3": (
-        lambda s, g: dpm_solver_singlestep(s, g, 3, algorithm="dpmsolver"),
-        HIGH,
-        2.8,
-        3.4,
-    ),
-    "dpm-solver++-2s": (lambda s, g: dpm_solver_singlestep(s, g, 2), LOW, 1.8, 2.2),
-    "dpm-solver++-3s": (lambda s, g: dpm_solver_singlestep(s, g, 3), HIGH, 2.7, 3.4),
-    "dpm-solver-2m": (
-        lambda s, g: dpm_solver_multistep(s, g, 2, algorithm="dpmsolver", lower_order_final=False),
-        LOW,
-        1.8,
-        2.2,
-    ),
-    "dpm-solver++-2m": (
-        lambda s, g: dpm_solver_multistep(s, g, 2, lower_order_final=False),
-        LOW,
-        1.8,
-        2.2,
-    ),
-    # Third order or better (superconvergent, ~4, on Gaussian data; ~3 on a mixture).
-    "dpm-solver-3m": (
-        lambda s, g: dpm_solver_multistep(s, g, 3, algorithm="dpmsolver", lower_order_final=False),
-        HIGH,
-        2.8,
-        4.5,
-    ),
-    "dpm-solver++-3m": (
-        lambda s, g: dpm_solver_multistep(s, g, 3, lower_order_final=False),
-        HIGH,
-        2.8,
-        4.5,
-    ),
-    # The official / diffusers / k-diffusion 3M update is only second order.
-    "dpm-solver++-3m-legacy": (
-        lambda s, g: dpm_solver_multistep(
-            s, g, 3, lower_order_final=False, legacy_third_order=True
-        ),
-        HIGH,
-        1.8,
-        2.25,
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(ORDER_CASES))
-def test_convergence_order_on_gaussian_data(name):
-    """Exact eps* of N(mu, S), continuous linear VP schedule, logSNR-uniform grids from
-    t = 1 to t_min. Every deterministic solver is then affine in x_T, so running it on the
-    probes 0, e1, e2 gives its output law N(b, J J^T) exactly; the reference is the exact
-    ODE map (closed form), so W2 measures pure discretization error. The log-log slope of
-    W2 against the step count is the order (float64; fit on 20-80 steps, 40-160 for the
-    third-order solvers, whose errors reach 1e-7).
-    """
-    build, steps, lo, hi = ORDER_CASES[name]
-    with jax.enable_x64(True):
-        sched = LinearVP64()
-        den = gaussian_denoiser64(sched, MU, COV)
-        b_ref, c_ref = exact_flow_law(MU, COV, 1.0, sched.t_min)
-        probes = jnp.asarray(np.vstack([np.zeros(2), np.eye(2)]), jnp.float64)
-        w2 = []
-        for n in steps:
-            out = run_eager(build(sched, dpm_solver_fast_timesteps(sched, n)), den, probes)
-            assert out.dtype == jnp.float64
-            w2.append(gaussian_w2(*affine_law(out), b_ref, c_ref))
-    w2 = np.array(w2)
-    slope = fitted_order(steps, w2)
-    assert np.all(np.diff(w2) < 0), w2
-    assert lo < slope < hi, (name, slope, w2)
+# Convergence orders of every solver: tests/test_sampler_order.py.
 
 
 def test_third_order_multistep_beats_legacy_and_second_order():
@@ -188,27 +97,19 @@ def test_third_order_multistep_beats_legacy_and_second_order():
     than the legacy 3M, which is about as accurate as 2M (float32, discrete schedule,
     through the driver, so the warm-up goes through lax.switch)."""
     grid = np.append(dpm_solver_fast_timesteps(LINEAR, 20)[:-1], 0.0)
-    mu, cov = np.array([0.5]), np.array([[0.09]])
-    lam = cov[0, 0]
-
-    def model_fn(x, t, c):
-        a, s = LINEAR.alpha(t)[:, None], LINEAR.sigma(t)[:, None]
-        return s * (x - a * mu) / (a**2 * lam + s**2)
-
-    den = make_denoiser(model_fn, LINEAR, "eps")
+    gaussian = GaussianMixture.gaussian([0.5], [[0.09]])
+    den = make_denoiser(gaussian.eps_model(LINEAR), LINEAR, "eps")
     probes = jnp.asarray([[0.0], [1.0]])
-    kw = {"lower_order_final": False}
+    kw = {"lower_order_final": "never"}
     samplers = [
         dpm_solver_multistep(LINEAR, grid, 2, **kw),
-        dpm_solver_multistep(LINEAR, grid, 3, legacy_third_order=True, **kw),
+        dpm_solver_multistep(LINEAR, grid, 3, third_order="reference", **kw),
         dpm_solver_multistep(LINEAR, grid, 3, **kw),
     ]
     outs = jax.jit(lambda p: [sample(s, den, p, KEY) for s in samplers])(probes)
-    # Exact ODE map from t = 999 to t = 0 (alpha, sigma at the grid ends).
-    a_s, s_s = float(LINEAR.alpha(999.0)), float(LINEAR.sigma(999.0))
-    a_e, s_e = float(LINEAR.alpha(0.0)), float(LINEAR.sigma(0.0))
-    g = np.sqrt((a_e**2 * lam + s_e**2) / (a_s**2 * lam + s_s**2))
-    exact = a_e * mu[0] + g * (np.array([0.0, 1.0]) - a_s * mu[0])
+    # Exact ODE map x -> shift + G x from t = 999 to t = 0 (the grid ends).
+    shift, G = gaussian.flow_map(LINEAR, 999.0, 0.0)
+    exact = shift[0] + G[0, 0] * np.array([0.0, 1.0])
     errs = [float(np.max(np.abs(np.asarray(o)[:, 0] - exact))) for o in outs]
     assert errs[2] < errs[1] < errs[0], errs
 
@@ -217,10 +118,10 @@ def test_third_order_multistep_beats_legacy_and_second_order():
 
 
 def test_multistep_orders_warmup_and_lower_order_final():
-    assert multistep_orders(2, 5, lower_order_final=False) == (1, 2, 2, 2, 2)
-    assert multistep_orders(3, 6, lower_order_final=False) == (1, 2, 3, 3, 3, 3)
-    assert multistep_orders(3, 6, lower_order_final=True) == (1, 2, 3, 3, 2, 1)
-    assert multistep_orders(3, 6, lower_order_final=False, clean_target=True) == (
+    assert multistep_orders(2, 5, lower_order_final="never") == (1, 2, 2, 2, 2)
+    assert multistep_orders(3, 6, lower_order_final="never") == (1, 2, 3, 3, 3, 3)
+    assert multistep_orders(3, 6, lower_order_final="always") == (1, 2, 3, 3, 2, 1)
+    assert multistep_orders(3, 6, lower_order_final="never", clean_target=True) == (
         1,
         2,
         3,
@@ -235,8 +136,8 @@ def test_multistep_warmup_shares_lower_order_steps():
     grid = S.with_final_timestep(S.linspace_timesteps(T, 6), final=0)
     den = make_denoiser(harness_model, LINEAR, "eps")
     x_T = harness_sample()
-    s2 = dpm_solver_multistep(LINEAR, grid, 2, lower_order_final=False)
-    s3 = dpm_solver_multistep(LINEAR, grid, 3, lower_order_final=False)
+    s2 = dpm_solver_multistep(LINEAR, grid, 2, lower_order_final="never")
+    s3 = dpm_solver_multistep(LINEAR, grid, 3, lower_order_final="never")
     state = s3.init(x_T)
     assert isinstance(state, MultistepState)
     chex.assert_shape(state.model_outputs, (2, *x_T.shape))
@@ -252,19 +153,21 @@ def test_multistep_warmup_shares_lower_order_steps():
 
 
 def test_lower_order_final_default_follows_diffusers():
-    """lower_order_final=None means True below 15 steps: the last 2M step is then DDIM."""
+    """The default 'below_15_steps' is 'always' below 15 steps: the last 2M step is then
+    DDIM."""
     den = make_denoiser(harness_model, LINEAR, "eps")
     grid10 = S.with_final_timestep(S.linspace_timesteps(T, 10), final=0)
     grid15 = S.with_final_timestep(S.linspace_timesteps(T, 15), final=0)
+    always, never = {"lower_order_final": "always"}, {"lower_order_final": "never"}
 
     @jax.jit
     def run(x):
         return [
             sample(dpm_solver_multistep(LINEAR, grid10, 2), den, x, KEY),
-            sample(dpm_solver_multistep(LINEAR, grid10, 2, lower_order_final=True), den, x, KEY),
-            sample(dpm_solver_multistep(LINEAR, grid10, 2, lower_order_final=False), den, x, KEY),
+            sample(dpm_solver_multistep(LINEAR, grid10, 2, **always), den, x, KEY),
+            sample(dpm_solver_multistep(LINEAR, grid10, 2, **never), den, x, KEY),
             sample(dpm_solver_multistep(LINEAR, grid15, 2), den, x, KEY),
-            sample(dpm_solver_multistep(LINEAR, grid15, 2, lower_order_final=False), den, x, KEY),
+            sample(dpm_solver_multistep(LINEAR, grid15, 2, **never), den, x, KEY),
         ]
 
     auto10, on10, off10, auto15, off15 = run(harness_sample())
@@ -329,8 +232,8 @@ def test_data_prediction_reaches_sigma_zero():
     den = make_denoiser(harness_model, LINEAR, "eps")
     x_T = harness_sample()
     samplers = (
-        dpm_solver_multistep(LINEAR, grid, 3, lower_order_final=False),
-        dpm_solver_multistep(LINEAR, grid, 2, algorithm="sde-dpmsolver++"),
+        dpm_solver_multistep(LINEAR, grid, 3, lower_order_final="never"),
+        dpm_solver_multistep(LINEAR, grid, 2, sde=True),
         dpm_solver_singlestep(LINEAR, grid, 3),
     )
 
@@ -343,8 +246,8 @@ def test_data_prediction_reaches_sigma_zero():
         assert bool(jnp.all(jnp.isfinite(x)))
         chex.assert_trees_all_close(x, x0_last, rtol=1e-5, atol=1e-5)
     for make in (
-        lambda: dpm_solver_multistep(LINEAR, grid, 2, algorithm="dpmsolver"),
-        lambda: dpm_solver_singlestep(LINEAR, grid, 2, algorithm="dpmsolver"),
+        lambda: dpm_solver_multistep(LINEAR, grid, 2, prediction="noise"),
+        lambda: dpm_solver_singlestep(LINEAR, grid, 2, prediction="noise"),
         lambda: dpm_solver_fast(LINEAR, 10, t_end=-1.0),
     ):
         with pytest.raises(ValueError, match="sigma = 0"):
@@ -400,6 +303,34 @@ def test_thresholded_sampler_lands_in_unit_box():
     assert float(jnp.max(jnp.abs(unthresholded))) > 2.0
 
 
+def test_thresholding_has_one_meaning():
+    """StaticThresholding(m) clips x0 to [-m, m] in every solver (no rescaling, as DDIM
+    clips); DynamicThresholding clips to [-s, s] and divides by s; with max_value = 1 the
+    two are identical, in the kernel and through a solver."""
+    x0 = 3.0 * jax.random.normal(jax.random.key(5), (2, 4, 4, 1))
+    chex.assert_trees_all_equal(StaticThresholding(0.5).apply(x0), jnp.clip(x0, -0.5, 0.5))
+    chex.assert_trees_all_equal(
+        DynamicThresholding(0.9, 0.5).apply(x0), jnp.clip(x0, -0.5, 0.5) / 0.5
+    )
+    chex.assert_trees_all_equal(
+        DynamicThresholding(0.995, 1.0).apply(x0), StaticThresholding(1.0).apply(x0)
+    )
+    grid = S.with_final_timestep(S.linspace_timesteps(T, 4), final=-1)
+    den = make_denoiser(lambda x, t, c: -3.0 * x, LINEAR, "eps")  # x0 far outside [-1, 1]
+    x_T = 2.0 * jax.random.normal(jax.random.key(3), (4, 16))
+    static, dynamic, half = (
+        sample(dpm_solver_multistep(LINEAR, grid, thresholding=th), den, x_T, KEY)
+        for th in (
+            StaticThresholding(1.0),
+            DynamicThresholding(0.995, 1.0),
+            StaticThresholding(0.5),
+        )
+    )
+    chex.assert_trees_all_equal(static, dynamic)
+    # The last step onto sigma = 0 returns the clipped x0: |x| reaches 0.5, not 1.
+    np.testing.assert_allclose(float(jnp.max(jnp.abs(half))), 0.5, rtol=1e-6)
+
+
 # -------------------------------------------------------------------- SDE variant
 
 
@@ -407,14 +338,9 @@ def test_sde_dpm_solver_pp_2m_samples_gaussian():
     """SDE-DPM-Solver++(2M), 20 logSNR-uniform steps, exact eps* of N(mu, s^2): sample mean
     and std match the data within Monte-Carlo error (4096 samples)."""
     mu, sd, n = 0.7, 0.4, 4096
-
-    def model_fn(x, t, c):
-        a, s = LINEAR.alpha(t)[:, None], LINEAR.sigma(t)[:, None]
-        return s * (x - a * mu) / (a**2 * sd**2 + s**2)
-
-    den = make_denoiser(model_fn, LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian([mu], [[sd**2]]).eps_model(LINEAR), LINEAR, "eps")
     grid = np.append(dpm_solver_fast_timesteps(LINEAR, 20)[:-1], 0.0)
-    sampler = dpm_solver_multistep(LINEAR, grid, 2, algorithm="sde-dpmsolver++")
+    sampler = dpm_solver_multistep(LINEAR, grid, 2, sde=True)
     x_T = jax.random.normal(jax.random.key(10_000), (n, 1))
     x = np.asarray(jax.jit(lambda k: sample(sampler, den, x_T, k))(jax.random.key(5)))
     assert abs(x.mean() - mu) < 4 * sd / np.sqrt(n)
@@ -424,7 +350,7 @@ def test_sde_dpm_solver_pp_2m_samples_gaussian():
 def test_sde_uses_the_key_and_vmaps_over_keys():
     den = make_denoiser(lambda x, t, c: 0.5 * x, LINEAR, "eps")
     grid = S.with_final_timestep(S.linspace_timesteps(T, 10), final=0)
-    sde = dpm_solver_multistep(LINEAR, grid, 2, algorithm="sde-dpmsolver++")
+    sde = dpm_solver_multistep(LINEAR, grid, 2, sde=True)
     ode = dpm_solver_multistep(LINEAR, grid, 2)
     keys = jax.random.split(jax.random.key(0), 3)
 
@@ -452,8 +378,8 @@ def test_no_recompile_when_scale_key_labels_change():
 
     den = make_denoiser(model_fn, LINEAR, "eps")
     grid = S.with_final_timestep(S.linspace_timesteps(T, 8), final=0)
-    sde = dpm_solver_multistep(LINEAR, grid, 2, algorithm="sde-dpmsolver++")
-    fast = dpm_solver_fast(LINEAR, 7, algorithm="dpmsolver++")
+    sde = dpm_solver_multistep(LINEAR, grid, 2, sde=True)
+    fast = dpm_solver_fast(LINEAR, 7, prediction="data")
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -481,7 +407,7 @@ def test_state_is_float32_with_bfloat16_network():
     grid = S.with_final_timestep(S.linspace_timesteps(T, 6), final=0)
     for sampler in (
         dpm_solver_multistep(LINEAR, grid, 3),
-        dpm_solver_singlestep(LINEAR, grid, (3, 2, 1, 2, 3, 1), algorithm="dpmsolver"),
+        dpm_solver_singlestep(LINEAR, grid, (3, 2, 1, 2, 3, 1), prediction="noise"),
     ):
         x_T = jnp.ones((2, 3), jnp.bfloat16)
         state = sampler.init(x_T)
@@ -491,17 +417,14 @@ def test_state_is_float32_with_bfloat16_network():
 
 MIX_MUS = np.array([[-1.5, 0.5], [1.5, -0.5]])
 MIX_SD = 0.25
+MIXTURE = GaussianMixture.create([0.5, 0.5], MIX_MUS, [MIX_SD**2 * np.eye(2)] * 2)
 
 
 def mixture_model_fn(x, t, labels):
     """Exact eps of the two-class mixture: class 0/1 -> its Gaussian, 2 (null) -> mixture."""
-    a, s = LINEAR.alpha(t)[:, None, None], LINEAR.sigma(t)[:, None, None]
-    var = a**2 * MIX_SD**2 + s**2
-    diff = x[:, None, :] - a * jnp.asarray(MIX_MUS, jnp.float32)[None]
-    resp = jax.nn.softmax(-0.5 * jnp.sum(diff**2, -1) / var[..., 0], axis=-1)
-    weights = jnp.where((labels == 2)[:, None], resp, jax.nn.one_hot(labels, 2))
-    score = -jnp.sum(weights[..., None] * diff / var, axis=1)
-    return -s[:, :, 0] * score
+    laws = (MIXTURE.component(0), MIXTURE.component(1), MIXTURE)
+    eps = jnp.stack([law.eps(LINEAR, x, t) for law in laws])  # (3, B, d)
+    return eps[labels, jnp.arange(x.shape[0])]
 
 
 def test_guided_mixture_dpm_solver_pp_2m_stays_sane():
@@ -549,22 +472,24 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="order"):
         dpm_solver_multistep(LINEAR, grid, 4)
     with pytest.raises(ValueError, match="order"):
-        dpm_solver_multistep(LINEAR, grid, 3, algorithm="sde-dpmsolver++")
+        dpm_solver_multistep(LINEAR, grid, 3, sde=True)
     with pytest.raises(ValueError, match="num_steps"):
         dpm_solver_multistep(LINEAR, np.array([999, 500, 0]), 3)  # 2 steps < order 3
     with pytest.raises(ValueError, match="nfe"):
         dpm_solver_fast(LINEAR, 2, order=3)
     with pytest.raises(ValueError, match="nfe"):
         dpm_solver_fast_orders(0)
-    with pytest.raises(ValueError, match="algorithm"):
-        dpm_solver_multistep(LINEAR, grid, algorithm="dpmsolver+++")
-    with pytest.raises(ValueError, match="algorithm"):
-        dpm_solver_singlestep(LINEAR, grid, algorithm="sde-dpmsolver++")
+    with pytest.raises(ValueError, match="prediction"):
+        dpm_solver_multistep(LINEAR, grid, prediction="dpmsolver+++")
+    with pytest.raises(TypeError, match="sde"):  # SDE-DPM-Solver++ is multistep only
+        dpm_solver_singlestep(LINEAR, grid, sde=True)
+    with pytest.raises(ValueError, match="sde"):
+        dpm_solver_multistep(LINEAR, grid, prediction="noise", sde=True)
     with pytest.raises(ValueError, match="solver_type"):
         dpm_solver_multistep(LINEAR, grid, solver_type="bogacki")
     with pytest.raises(ValueError, match="thresholding"):
         dpm_solver_multistep(
-            LINEAR, grid, algorithm="dpmsolver", thresholding=DynamicThresholding()
+            LINEAR, grid, prediction="noise", thresholding=DynamicThresholding()
         )
     with pytest.raises(ValueError, match="thresholding"):
         dpm_solver_multistep(LINEAR, grid, thresholding=True)
@@ -574,8 +499,8 @@ def test_bad_inputs():
         dpm_solver_singlestep(LINEAR, grid, 2, r1=1.0)
     with pytest.raises(ValueError, match="lower_order_final"):
         dpm_solver_multistep(LINEAR, grid, lower_order_final="yes")
-    with pytest.raises(ValueError, match="legacy_third_order"):
-        dpm_solver_multistep(LINEAR, grid, 3, legacy_third_order=1)
+    with pytest.raises(ValueError, match="third_order"):
+        dpm_solver_multistep(LINEAR, grid, 3, third_order=1)
     with pytest.raises(ValueError, match="strictly decreasing"):
         dpm_solver_multistep(LINEAR, np.array([999, 500, 500, 0]))
     with pytest.raises(ValueError, match="timesteps"):

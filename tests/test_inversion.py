@@ -7,13 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from harness import (
-    COV,
-    MU,
-    LinearVP64,
+    GAUSSIAN,
     T,
-    exact_flow_law,
     fitted_order,
-    gaussian_denoiser64,
     harness_model,
     harness_sample,
     run_eager,
@@ -48,8 +44,8 @@ STEPS = (10, 20, 40, 80)
 
 def _gaussian_runs():
     """Inversion (t = 0 -> 1) and DDIM decoding of PROBES, exact denoiser, float64."""
-    sched = LinearVP64()
-    den = gaussian_denoiser64(sched, MU, COV)
+    sched = S.LinearVPSchedule()
+    den = GAUSSIAN.denoiser(sched)
     x0 = jnp.asarray(PROBES, jnp.float64)
     runs = {}
     for n in STEPS:
@@ -76,10 +72,10 @@ def test_reconstruction_error_vanishes_at_first_order(gaussian_runs):
 def test_inversion_converges_to_exact_flow_map(gaussian_runs):
     """The encoder converges to the exact probability-flow map t = 0 -> 1 (affine for Gaussians).
 
-    ``exact_flow_law`` gives the map as ``x -> b + G x`` through the law of N(0, I):
+    ``GAUSSIAN.flow_law`` gives the map as ``x -> b + G x`` through the law of N(0, I):
     ``(b, G G^T)`` with ``G`` symmetric positive definite.
     """
-    b, gg = exact_flow_law(MU, COV, 0.0, 1.0)
+    b, gg = GAUSSIAN.flow_law(S.LinearVPSchedule(), 0.0, 1.0)
     w, v = np.linalg.eigh(gg)
     G = (v * np.sqrt(w)) @ v.T
     exact = b + PROBES @ G.T

@@ -12,9 +12,10 @@ import pytest
 from diffjax.app import builders, evaluate
 from diffjax.app.cli import main
 from diffjax.app.config import digits_config
-from diffjax.app.evaluate import EvalContext, run_pareto_sweep, sampler_nfe, steps_for_nfe
+from diffjax.app.evaluate import EvalContext, run_pareto_sweep
 from diffjax.app.features import FeatureExtractor
 from diffjax.app.reports import PARETO_COLUMNS, format_pareto_table
+from diffjax.app.sampler_specs import parse_sampler
 from diffjax.metrics.pareto import best_per_nfe, pareto_front
 
 SCHEDULE = builders.build_schedule(digits_config().diffusion)
@@ -75,7 +76,7 @@ def test_best_per_nfe_and_table():
     ],
 )
 def test_steps_for_nfe(sampler, nfe, expected):
-    assert steps_for_nfe(sampler, nfe, SCHEDULE) == expected
+    assert parse_sampler(sampler).steps_for_nfe(nfe, SCHEDULE.num_timesteps) == expected
 
 
 def _fake_context():
@@ -93,8 +94,9 @@ def _fake_evaluate_sampler(fail_after=None):
     def fake(ctx, sampler, num_steps, guidance_scale, num_samples, **kwargs):
         if fail_after is not None and len(calls) == fail_after:
             raise RuntimeError("simulated crash")
+        sampler = str(sampler)  # the sweep passes the parsed spec
         calls.append(sampler)
-        nfe = sampler_nfe(sampler, num_steps, SCHEDULE)
+        nfe = parse_sampler(sampler).nfe(num_steps)
         return {
             "sampler": sampler, "num_steps": num_steps, "nfe": nfe,
             "guidance_scale": guidance_scale, "num_samples": num_samples,

@@ -12,9 +12,7 @@ import pytest
 from harness import (
     KEY,
     LINEAR,
-    LinearVP64,
     T,
-    gaussian_eps_model,
     gaussian_w2,
     harness_model,
     harness_sample,
@@ -24,9 +22,28 @@ from harness import (
 from diffjax import schedules as S
 from diffjax.guidance import classifier_free_guidance
 from diffjax.parameterization import Denoised, make_denoiser
-from diffjax.samplers import Sampler, ddim, ddpm, sample
+from diffjax.samplers import (
+    DynamicThresholding,
+    Sampler,
+    StaticThresholding,
+    ddim,
+    ddim_inversion,
+    ddpm,
+    dpm_solver_fast,
+    dpm_solver_fast_timesteps,
+    dpm_solver_multistep,
+    dpm_solver_singlestep,
+    edm_heun,
+    edm_sigma_range,
+    karras_sigmas,
+    sample,
+    unipc,
+)
+from diffjax.samplers.analytic import GaussianMixture
 
 FULL_GRID = S.with_final_timestep(np.arange(T - 1, -1, -1))  # [999, ..., 0, -1]
+# diffusers' DDIM: clip_sample=True, use_clipped_model_output=False.
+CLIP_KEEP_EPS = {"thresholding": StaticThresholding(1.0), "recompute_eps_after_clip": False}
 
 
 # ------------------------------------------------- diffusers DDIM harness values
@@ -54,7 +71,7 @@ def test_ddim_matches_diffusers_harness(
     grid = S.with_final_timestep(S.leading_timesteps(T, 10), final)
     assert grid[0] == 900 and grid[-2] == 0
     den = make_denoiser(harness_model, sched, prediction_type)
-    sampler = ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False)
+    sampler = ddim(sched, grid, **CLIP_KEEP_EPS)
     x = jax.jit(lambda x: sample(sampler, den, x, jax.random.key(0)))(harness_sample())
     assert x.dtype == jnp.float32
     np.testing.assert_allclose(float(jnp.sum(jnp.abs(x))), golden_sum, rtol=1e-4)
@@ -75,7 +92,7 @@ def test_final_zero_length_step_only_matters_through_clipping():
     @jax.jit
     def run_all(x_T):
         return [
-            sample(ddim(sched, g, clip_x0=1.0, recompute_eps_after_clip=False), den, x_T, KEY)
+            sample(ddim(sched, g, **CLIP_KEEP_EPS), den, x_T, KEY)
             for g in (ten, nine)
         ]
 
@@ -110,7 +127,7 @@ def test_ddim_step_matches_formula_with_noise():
 def test_ddim_eta_one_equals_ddpm_posterior():
     """DDIM with eta = 1 is the DDPM ancestral step with beta-tilde, on any grid."""
     grid = S.with_final_timestep(S.trailing_timesteps(T, 25))
-    den = make_denoiser(gaussian_eps_model(LINEAR, [0.3], [[0.25]]), LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian([0.3], [[0.25]]).eps_model(LINEAR), LINEAR, "eps")
     x_T = jax.random.normal(jax.random.key(0), (64, 1))
     key = jax.random.key(1)
     a, b = jax.jit(
@@ -165,7 +182,7 @@ def test_ddpm_samples_1d_gaussian(variance, grid):
     instead of 0.4.)
     """
     mu, s, n = 0.7, 0.4, 4096
-    den = make_denoiser(gaussian_eps_model(LINEAR, [mu], [[s**2]]), LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian([mu], [[s**2]]).eps_model(LINEAR), LINEAR, "eps")
     key = jax.random.key(42)
     x_T = jax.random.normal(jax.random.fold_in(key, 10_000), (n, 1))
     run = jax.jit(lambda x_T: sample(ddpm(LINEAR, grid, variance=variance), den, x_T, key))
@@ -187,7 +204,7 @@ def test_ddim_w2_first_order_convergence():
     """
     mu = np.array([1.0, -0.5])
     cov = np.array([[1.0, 0.6], [0.6, 0.5]])
-    den = make_denoiser(gaussian_eps_model(LINEAR, mu, cov), LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian(mu, cov).eps_model(LINEAR), LINEAR, "eps")
     probes = jnp.asarray(np.vstack([np.zeros(2), np.eye(2)]), jnp.float32)  # 0, e1, e2
     steps = [5, 10, 20, 40, 80, 160]
     w2 = []
@@ -207,9 +224,10 @@ def test_ddim_continuous_schedule():
     """DDIM runs on a continuous VP schedule with a float time grid."""
     sched = S.LinearVPSchedule()
     mu, cov = np.array([0.5]), np.array([[0.09]])
-    den = make_denoiser(gaussian_eps_model(sched, mu, cov), sched, "eps")
+    den = make_denoiser(GaussianMixture.gaussian(mu, cov).eps_model(sched), sched, "eps")
     probes = jnp.asarray([[0.0], [1.0]])
-    out = np.asarray(sample(ddim(sched, np.linspace(1.0, sched.t_min, 101)), den, probes, KEY))
+    grid = np.linspace(1.0, sched.t_min_noise, 101)
+    out = np.asarray(sample(ddim(sched, grid), den, probes, KEY))
     b, j = out[0, 0], out[1, 0] - out[0, 0]
     assert abs(b - 0.5) < 0.02 and abs(abs(j) - 0.3) < 0.02
 
@@ -245,7 +263,7 @@ def test_state_is_float32_with_bfloat16_network():
 
 
 def test_vmap_over_keys():
-    den = make_denoiser(gaussian_eps_model(LINEAR, [0.0], [[1.0]]), LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian([0.0], [[1.0]]).eps_model(LINEAR), LINEAR, "eps")
     smp = ddpm(LINEAR, S.with_final_timestep(S.trailing_timesteps(T, 20)))
     keys = jax.random.split(jax.random.key(0), 3)
 
@@ -303,6 +321,102 @@ def test_custom_sampler_runs_in_driver():
     )
     x = sample(smp, lambda x, t, c: Denoised(x, x), jnp.zeros((1,)), jax.random.key(0))
     np.testing.assert_array_equal(x, [3.0])
+    assert smp.nfe is None and smp.order is None  # unknown for a hand-written sampler
+
+
+def _every_factory():
+    """One sampler per factory and per rule that changes its network-evaluation count."""
+    clean = S.with_final_timestep(S.linspace_timesteps(T, 5), final=-1)
+    sigma_min = S.with_final_timestep(S.linspace_timesteps(T, 5), final=0)
+    sigmas = karras_sigmas(4, *edm_sigma_range(LINEAR))
+    return {
+        "ddim": ddim(LINEAR, clean),
+        "ddim-final-0-to-0": ddim(LINEAR, S.with_final_timestep(S.leading_timesteps(T, 4), 0)),
+        "ddpm": ddpm(LINEAR, clean),
+        "ddim_inversion": ddim_inversion(LINEAR, clean),
+        **{
+            f"singlestep-{order}-{prediction}": dpm_solver_singlestep(
+                LINEAR, clean if prediction == "data" else sigma_min, order, prediction=prediction
+            )
+            for order in (1, 2, 3)
+            for prediction in ("data", "noise")
+        },
+        "singlestep-3-data-sigma_min": dpm_solver_singlestep(LINEAR, sigma_min, 3),
+        "singlestep-mixed": dpm_solver_singlestep(LINEAR, sigma_min, (3, 2, 1, 2, 3)),
+        **{f"fast-{nfe}": dpm_solver_fast(LINEAR, nfe) for nfe in (6, 7, 8)},
+        "fast-order-2": dpm_solver_fast(LINEAR, 5, order=2),
+        "multistep-3": dpm_solver_multistep(LINEAR, clean, 3),
+        "multistep-2-noise": dpm_solver_multistep(LINEAR, sigma_min, 2, prediction="noise"),
+        "sde-dpm-solver++": dpm_solver_multistep(LINEAR, clean, 2, sde=True),
+        "unipc-3": unipc(LINEAR, clean, 3),
+        "unipc-no-corrector": unipc(LINEAR, clean, 2, disable_corrector=(1, 2)),
+        "edm_heun": edm_heun(LINEAR, sigmas),  # N Heun steps but an Euler step onto 0
+        "edm_heun-sigma_min": edm_heun(LINEAR, sigmas[:-1]),  # Heun steps only
+    }
+
+
+def test_every_factory_sets_nfe_to_the_counted_network_calls():
+    """Sampler.nfe equals the network calls of one run, counted on the Python side while
+    stepping eagerly (the static order dispatch runs only the chosen branch): one per step
+    for DDIM, DDPM, the inverter and the multistep solvers (UniPC's corrector reuses the
+    next step's evaluation), k per order-k singlestep step (a data-prediction solver's last
+    step onto t = -1 is first order), the budget for DPM-Solver-fast, 2 N - 1 for EDM Heun
+    onto sigma = 0. The run is traced, not executed: every step is unrolled with a
+    concrete (NumPy) step index, so each network call is traced once."""
+    calls = []
+
+    def unrolled(sampler, den, x):
+        state = sampler.init(x)
+        for i in range(sampler.num_steps):
+            state = sampler.step(den, state, np.int32(i), jax.random.fold_in(KEY, i), None)
+        return sampler.finalize(state)
+
+    def model_fn(x, t, c):
+        calls.append(1)
+        return 0.1 * x
+
+    den = make_denoiser(model_fn, LINEAR, "eps")
+    samplers = _every_factory()
+    for name, sampler in samplers.items():
+        calls.clear()
+        jax.make_jaxpr(functools.partial(unrolled, sampler, den))(jnp.ones((1, 2)))
+        assert isinstance(sampler.nfe, int) and len(calls) == sampler.nfe, (name, len(calls))
+    assert samplers["singlestep-3-data"].nfe == 3 * 4 + 1  # first-order last step
+    assert samplers["singlestep-3-data-sigma_min"].nfe == 3 * 5
+    assert samplers["edm_heun"].nfe == 2 * 4 - 1
+    assert [samplers[f"fast-{n}"].nfe for n in (6, 7, 8)] == [6, 7, 8]
+
+
+def test_every_factory_declares_its_order():
+    """Sampler.order: the method's order (tests/test_sampler_order.py measures it), and
+    None for the stochastic samplers; DDIM with a traced eta declares the order it has at
+    eta = 0."""
+    orders = {name: sampler.order for name, sampler in _every_factory().items()}
+    assert orders == {
+        "ddim": 1,
+        "ddim-final-0-to-0": 1,
+        "ddpm": None,
+        "ddim_inversion": 1,
+        **{f"singlestep-{k}-{p}": k for k in (1, 2, 3) for p in ("data", "noise")},
+        "singlestep-3-data-sigma_min": 3,
+        "singlestep-mixed": 2,  # bounded lower-order steps of order 1 cost one order
+        "fast-6": 2,  # (3, 2, 1): a first-order step
+        "fast-7": 2,  # (3, 3, 1)
+        "fast-8": 3,  # (3, 3, 2)
+        "fast-order-2": 2,  # (2, 2, 1)
+        "multistep-3": 3,
+        "multistep-2-noise": 2,
+        "sde-dpm-solver++": None,
+        "unipc-3": 4,
+        "unipc-no-corrector": 2,
+        "edm_heun": 2,
+        "edm_heun-sigma_min": 2,
+    }
+    grid = S.with_final_timestep(S.trailing_timesteps(T, 4))
+    assert ddim(LINEAR, grid, eta=0.5).order is None
+    assert jax.jit(lambda eta: jnp.float32(ddim(LINEAR, grid, eta=eta).order))(0.5) == 1
+    assert ddim(LINEAR, grid, eta=0.0).order == 1
+    assert edm_heun(LINEAR, karras_sigmas(3, 0.1, 10.0), s_churn=1.0).order is None
 
 
 # ------------------------------------------------------------------- bad input
@@ -324,8 +438,8 @@ def test_bad_inputs():
         ddpm(LINEAR, np.array([500, -1, -1]))  # model evaluated at the clean point
     with pytest.raises(ValueError, match="variance"):
         ddpm(LINEAR, grid, variance="learned")
-    with pytest.raises(ValueError, match="clip_x0"):
-        ddim(LINEAR, grid, clip_x0=0.0)
+    with pytest.raises(ValueError, match="thresholding.max_value"):
+        ddim(LINEAR, grid, thresholding=StaticThresholding(0.0))
     with pytest.raises(ValueError, match="timesteps"):
         jax.jit(lambda g: ddim(LINEAR, g).num_steps)(jnp.asarray(grid))
     with pytest.raises(ValueError, match="num_steps"):
@@ -363,14 +477,14 @@ def test_ddim_clipping_recomputes_eps_from_the_clipped_x0():
     )
     x0c = jnp.clip(out.x0, -1, 1)
     assert float(jnp.max(jnp.abs(out.x0))) > 1  # clipping bites on this input
-    got = sample(ddim(sched, grid, clip_x0=1.0), den, x_t, KEY)
+    got = sample(ddim(sched, grid, thresholding=StaticThresholding(1.0)), den, x_t, KEY)
     np.testing.assert_allclose(got, a_p * x0c + s_p * (x_t - a * x0c) / s, rtol=1e-5, atol=1e-6)
-    kept = sample(ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False), den, x_t, KEY)
+    kept = sample(ddim(sched, grid, **CLIP_KEEP_EPS), den, x_t, KEY)
     np.testing.assert_allclose(kept, a_p * x0c + s_p * out.eps, rtol=1e-5, atol=1e-6)
     small = x_t * 0.05
     np.testing.assert_allclose(
-        sample(ddim(sched, grid, clip_x0=1.0), den, small, KEY),
-        sample(ddim(sched, grid, clip_x0=1.0, recompute_eps_after_clip=False), den, small, KEY),
+        sample(ddim(sched, grid, thresholding=StaticThresholding(1.0)), den, small, KEY),
+        sample(ddim(sched, grid, **CLIP_KEEP_EPS), den, small, KEY),
         rtol=1e-5,
         atol=1e-6,
     )
@@ -385,7 +499,7 @@ def test_make_sampler_valid_at_every_allowed_step_count():
     at t = 0 and allow T - 1; more steps than the schedule has is a clear error."""
     from diffjax.app.generate import make_sampler
 
-    den = make_denoiser(gaussian_eps_model(LINEAR, [0.3], [[0.25]]), LINEAR, "eps")
+    den = make_denoiser(GaussianMixture.gaussian([0.3], [[0.25]]).eps_model(LINEAR), LINEAR, "eps")
     x_T = jnp.asarray([[0.0], [1.0]])
     full, near = (make_sampler("dpm++2m", LINEAR, n, clip_x0=None) for n in (T, T - 1))
     assert full.num_steps == T and near.num_steps == T - 1
@@ -419,10 +533,11 @@ def test_raw_network_is_refused_at_trace_time():
 
 
 def test_network_evaluations_of_every_named_sampler():
-    """network_evaluations(name, steps) equals the calls each sampler makes (counted on
+    """spec.nfe(steps) and Sampler.nfe equal the calls each sampler makes (counted on
     the Python side while stepping eagerly: the static order dispatch runs only the
     chosen branch)."""
-    from diffjax.app.generate import SAMPLER_NAMES, make_sampler, network_evaluations
+    from diffjax.app.generate import make_sampler
+    from diffjax.app.sampler_specs import SAMPLER_NAMES, parse_sampler
 
     calls = []
 
@@ -440,7 +555,7 @@ def test_network_evaluations_of_every_named_sampler():
         state = sampler.init(x)
         for i in range(sampler.num_steps):
             state = sampler.step(den, state, jnp.int32(i), KEY, None)
-        assert len(calls) == network_evaluations(name, 4), name
+        assert len(calls) == parse_sampler(name).nfe(4) == sampler.nfe, name
 
 
 def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
@@ -448,11 +563,6 @@ def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
     t = T-1 to t = 0 (with the same thresholding as 'dpm++2m'); '@linspace' is the
     default grid."""
     from diffjax.app.generate import make_sampler
-    from diffjax.samplers import (
-        DynamicThresholding,
-        dpm_solver_fast_timesteps,
-        dpm_solver_multistep,
-    )
 
     den = make_denoiser(lambda x, t, c: 0.3 * x, LINEAR, "eps")
     x_T = jax.random.normal(KEY, (3, 5))
@@ -478,35 +588,24 @@ def test_grid_suffix_picks_the_log_snr_grid_to_sigma_min():
     ],
 )
 def test_bad_grid_suffix_names_the_sampler(name, match):
-    from diffjax.app.generate import make_sampler, network_evaluations
+    from diffjax.app.generate import make_sampler
+    from diffjax.app.sampler_specs import parse_sampler
 
-    for call in (lambda: make_sampler(name, LINEAR, 5), lambda: network_evaluations(name, 5)):
+    for call in (lambda: make_sampler(name, LINEAR, 5), lambda: parse_sampler(name)):
         with pytest.raises(ValueError, match=match):
             call()
 
 
 def test_every_deterministic_solver_converges_to_the_same_ode_solution():
     """On a 2-D three-component Gaussian mixture with the exact score (float64,
-    continuous linear VP schedule, t = 1 to t_min), every deterministic solver's output
+    continuous linear VP schedule, t = 1 to t_min_noise), every deterministic solver's output
     from the same x_T approaches the converged ODE solution (UniPC-3, 300 steps; at 500
     steps it agrees with DPM-Solver++(3M) to 2e-6) as the network budget grows from
     6 to 24 evaluations: RMS error down by more than 3x (measured 4.1x for DDIM, 8x to
     61x for the others) and below 0.12 at 24 (0.007 for UniPC-3 to 0.109 for EDM Heun,
     whose Karras grid spends its steps at large sigma)."""
-    from diffjax.samplers import (
-        dpm_solver_fast,
-        dpm_solver_fast_timesteps,
-        dpm_solver_multistep,
-        dpm_solver_singlestep,
-        edm_heun,
-        edm_sigma_range,
-        karras_sigmas,
-        unipc,
-    )
-    from diffjax.samplers.analytic import GaussianMixture
-
     with jax.enable_x64(True):
-        sched = LinearVP64()
+        sched = S.LinearVPSchedule()
         mixture = GaussianMixture.create(
             [0.5, 0.3, 0.2],
             [[1.5, 0.0], [-1.0, 1.0], [-0.5, -1.5]],
@@ -518,11 +617,11 @@ def test_every_deterministic_solver_converges_to_the_same_ode_solution():
         sigma_range = edm_sigma_range(sched)
         solvers = {  # name: sampler for a budget of n network evaluations
             "ddim": lambda n: ddim(sched, grid(n)),
-            "dpm2": lambda n: dpm_solver_singlestep(sched, grid(n // 2), 2, algorithm="dpmsolver"),
+            "dpm2": lambda n: dpm_solver_singlestep(sched, grid(n // 2), 2, prediction="noise"),
             "dpm++2s": lambda n: dpm_solver_singlestep(sched, grid(n // 2), 2),
-            "dpm3": lambda n: dpm_solver_singlestep(sched, grid(n // 3), 3, algorithm="dpmsolver"),
+            "dpm3": lambda n: dpm_solver_singlestep(sched, grid(n // 3), 3, prediction="noise"),
             "dpm-fast": lambda n: dpm_solver_fast(sched, n),
-            "dpm-2m": lambda n: dpm_solver_multistep(sched, grid(n), 2, algorithm="dpmsolver"),
+            "dpm-2m": lambda n: dpm_solver_multistep(sched, grid(n), 2, prediction="noise"),
             "dpm++2m": lambda n: dpm_solver_multistep(sched, grid(n), 2),
             "dpm++3m": lambda n: dpm_solver_multistep(sched, grid(n), 3),
             "unipc": lambda n: unipc(sched, grid(n), 2),
@@ -530,7 +629,7 @@ def test_every_deterministic_solver_converges_to_the_same_ode_solution():
             # n / 2 Heun steps between Karras levels, ending at sigma_min like the others.
             "edm-heun": lambda n: edm_heun(sched, karras_sigmas(n // 2 + 1, *sigma_range)[:-1]),
         }
-        reference = unipc(sched, grid(300), 3, lower_order_final=False)
+        reference = unipc(sched, grid(300), 3, lower_order_final="never")
         x_ref = jax.jit(lambda x: sample(reference, den, x, KEY))(x_T)
         for name, build in solvers.items():
             errors = [

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from diffjax import schedules as S
-from diffjax.app.generate import SAMPLER_NAMES, _generate, generate, make_sampler
+from diffjax.app import generate as generate_lib
+from diffjax.app.generate import _generate, generate, make_sampler
+from diffjax.app.sampler_specs import SAMPLER_NAMES, parse_sampler
 from diffjax.guidance import classifier_free_guidance
 from diffjax.parameterization import (
     Denoised,
@@ -149,6 +151,30 @@ def test_generate_accepts_valid_eta_guidance_and_labels():
     ddpm_out = generate(MODEL, params, SCHED, **COMMON, sampler="ddpm", eta=0.0)
     chex.assert_shape(ddpm_out, (2, 4, 4, 1))
     chex.assert_tree_all_finite(ddpm_out)
+
+
+def test_generate_compiles_once_per_spec_while_traced_arguments_change(monkeypatch):
+    """A name and its parsed spec share one trace; eta, the guidance scale, rescale and
+    interval, the labels and the key are traced (no recompiles)."""
+    once = jax.jit(
+        chex.assert_max_traces(generate_lib._generate_fn, n=1),
+        static_argnames=generate_lib.STATIC_ARGNAMES,
+    )
+    monkeypatch.setattr(generate_lib, "_generate", once)
+    params = _params()
+    spec = parse_sampler("ddim")
+    for i, (eta, scale, rescale, interval) in enumerate(
+        [(0.0, 1.0, 0.0, None), (0.5, 3.0, 0.7, (2.0, 15.0)), (1.0, 0.0, 1.0, (0.0, 5.0))]
+    ):
+        out = generate(
+            MODEL, params, SCHED, **{**COMMON, "key": jax.random.key(i), "labels": [i, 1]},
+            sampler=spec if i % 2 else "ddim", eta=eta, guidance_scale=scale,
+            guidance_rescale=rescale, guidance_interval=interval,
+        )
+        chex.assert_tree_all_finite(out)
+    assert once._cache_size() == 1
+    with pytest.raises(AssertionError, match="traced > 1 times"):  # a static change retraces
+        generate(MODEL, params, SCHED, **{**COMMON, "num_steps": 3}, guidance_scale=1.0)
 
 
 # --------------------------------------------------------------- make_sampler()

@@ -1,4 +1,6 @@
-"""Tests for diffjax.schedules: betas, the continuous view, inverses, grids."""
+"""Tests for diffjax.schedules: betas, the continuous view, inverses, grids, dtypes."""
+
+import os
 
 import chex
 import jax
@@ -9,6 +11,7 @@ import pytest
 from diffjax import schedules as S
 
 T = 1000
+FLOAT32_GOLDEN = os.path.join(os.path.dirname(__file__), "data", "schedule_float32_golden.npz")
 
 # Evaluate schedule methods under one cached jit (eager mode would compile every
 # primitive for every new shape, which dominates the run time of these tests).
@@ -33,10 +36,55 @@ ALL_SCHEDULES = {
 
 
 def _times(schedule):
-    """A grid of interior times, including fractional ones."""
+    """A grid of interior times from t_min_noise to t_max, including fractional ones."""
     if isinstance(schedule, S.DiscreteSchedule):
         return np.concatenate([np.arange(0, T, 7.0), np.linspace(0.0, T - 1.0, 101) + 0.37])[:-1]
-    return np.linspace(schedule.t_min, schedule.t_max, 201)
+    return np.linspace(schedule.t_min_noise, schedule.t_max, 201)
+
+
+def float32_outputs(schedules_module):
+    """Every float32 value a schedules module computes on fixed inputs, by name.
+
+    The schedules are the three named discrete ones and the two continuous ones at their
+    defaults; each method runs under ``jax.jit`` with the schedule both an argument
+    (traced tables) and a closed-over constant. ``experiments/make_schedule_golden.py``
+    stored this for the float32-only schedules (``tests/data/schedule_float32_golden.npz``).
+    """
+    m = schedules_module
+    schedules = {name: m.make_schedule(name, T) for name in ("linear", "scaled_linear", "cosine")}
+    schedules |= {"vp_linear": m.LinearVPSchedule(), "vp_cosine": m.CosineVPSchedule()}
+    frac = np.linspace(0.0, 1.0, 97)
+    lam = np.append(np.linspace(-15.0, 20.0, 71), np.inf).astype(np.float32)
+    out = {}
+    for name, sched in schedules.items():
+        discrete = name in ("linear", "scaled_linear", "cosine")
+        if discrete:
+            ends = [[-2.0, -1.0, -0.5, 0.0, 0.25], [T - 1.0, T + 3.0]]  # clamped outside
+            t = np.concatenate([ends[0], np.arange(0, T, 7) + 0.37, ends[1]])
+        else:
+            t = np.concatenate([[0.0, 1e-3], 1e-3 + (0.9946 - 1e-3) * frac, [1.0]])
+        t = t.astype(np.float32)
+        n = np.arange(0, T, 13, dtype=np.int32)
+
+        def methods(s, t, lam, n, discrete=discrete):
+            values = {
+                f: getattr(s, f)(t) for f in ("alpha", "sigma", "log_snr", "alpha_bar", "log_alpha")
+            }
+            values["t_from_log_snr"] = s.t_from_log_snr(lam)
+            if discrete:
+                values |= {f"int_{f}": getattr(s, f)(n) for f in ("alpha", "sigma", "log_snr")}
+                values["posterior_variance"] = s.posterior_variance(n, n - 1)
+                values["posterior_variance_skip"] = s.posterior_variance(n + 10, n - 3)
+                values["to_continuous_time"] = s.to_continuous_time(n)
+                values["from_continuous_time"] = s.from_continuous_time(t / T)
+                values["betas"] = s.betas
+            return values
+
+        traced = jax.jit(methods, static_argnames="discrete")(sched, t, lam, n)
+        constant = jax.jit(lambda t, lam, n, s=sched: methods(s, t, lam, n))(t, lam, n)
+        for mode, values in (("traced", traced), ("constant", constant)):
+            out |= {f"{name}/{mode}/{f}": np.asarray(v) for f, v in values.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------- betas
@@ -118,7 +166,7 @@ def test_log_snr_inverse_roundtrip(name):
     t = _times(sched)
     t_back = np.asarray(ev(sched, "t_from_log_snr", ev(sched, "log_snr", t)))
     # float32 log-SNR -> time; the tolerance is relative to the time range.
-    span = sched.t_max - sched.t_min
+    span = sched.t_max - sched.t_min_noise
     np.testing.assert_allclose(t_back, t, atol=2e-4 * span)
     lam = np.linspace(float(ev(sched, "log_snr", t[-1])), float(ev(sched, "log_snr", t[0])), 37)
     np.testing.assert_allclose(
@@ -181,6 +229,102 @@ def test_schedule_is_a_pytree_usable_under_jit():
     np.testing.assert_allclose(f(sched, jnp.array([0.0, 500.5, 999.0])), 1.0, atol=1e-6)
     leaves = jax.tree_util.tree_leaves(sched)
     assert len(leaves) == 2 and all(leaf.dtype == jnp.float32 for leaf in leaves)
+
+
+# ------------------------------------------------------------- contract and dtypes
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCHEDULES))
+def test_schedules_satisfy_the_vp_protocol(name):
+    """t_clean is the clean point (sigma = 0) and t_min_noise is noisy, in both dtypes."""
+    sched = ALL_SCHEDULES[name]()
+    assert isinstance(sched, S.VPSchedule)
+    assert sched.t_clean < sched.t_min_noise < sched.t_max
+    assert float(ev(sched, "sigma", sched.t_clean)) == 0.0
+    assert float(ev(sched, "alpha", sched.t_clean)) == 1.0
+    assert float(ev(sched, "log_snr", sched.t_clean)) == np.inf
+    assert float(ev(sched, "sigma", sched.t_min_noise)) > 0.0
+    with jax.enable_x64(True):
+        for t, zero in ((sched.t_clean, True), (sched.t_min_noise, False)):
+            sigma = sched.sigma(jnp.float64(t))
+            assert sigma.dtype == jnp.float64 and (float(sigma) == 0.0) == zero
+
+
+def test_protocol_names_replace_t_min():
+    assert not isinstance(object(), S.VPSchedule)
+    for sched in (_discrete("linear"), S.LinearVPSchedule(), S.CosineVPSchedule()):
+        assert not hasattr(sched, "t_min")
+    assert (S.make_schedule("cosine", 20).t_clean, S.LinearVPSchedule().t_clean) == (-1.0, 0.0)
+    assert (S.make_schedule("cosine", 20).t_min_noise, S.CosineVPSchedule().t_min_noise) == (
+        0.0,
+        1e-3,
+    )
+    with pytest.raises(ValueError, match="t_min_noise"):
+        S.LinearVPSchedule(t_min_noise=0.0)
+    with pytest.raises(ValueError, match="t_min_noise"):
+        S.CosineVPSchedule(t_min_noise=1.0)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_float32_values_unchanged(x64):
+    """float32 (and integer) inputs give bit for bit what the float32-only module gave.
+
+    The one exception is the continuous cosine at its clean point t = 0, where the
+    float32-only module left log alpha = -1.7e-8 (sigma = 1.8e-4); it is exact now.
+    """
+    golden = np.load(FLOAT32_GOLDEN)
+    with jax.enable_x64(x64):
+        outputs = float32_outputs(S)
+    assert sorted(outputs) == sorted(golden.files)
+    clean = {"alpha": 1.0, "sigma": 0.0, "log_snr": np.inf, "alpha_bar": 1.0, "log_alpha": 0.0}
+    for key, value in outputs.items():
+        expected = golden[key]
+        if x64 and key.endswith("/betas"):  # no input: the float64 tables' own dtype
+            assert value.dtype == np.float64
+            np.testing.assert_allclose(value, expected, rtol=1e-4)
+            continue
+        assert value.dtype == expected.dtype == np.float32, key
+        name, _, method = key.split("/")
+        if name == "vp_cosine" and method in clean:
+            assert value[0] == clean[method], key  # t = 0
+            value, expected = value[1:], expected[1:]
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCHEDULES))
+def test_float64_in_float64_out(name):
+    """Under jax_enable_x64 float64 times give float64 values, integers float32."""
+    with jax.enable_x64(True):
+        sched = ALL_SCHEDULES[name]()  # a discrete schedule built here keeps float64 tables
+        t = jnp.asarray(_times(sched), jnp.float64)
+        for method in ("alpha", "sigma", "log_snr", "alpha_bar", "log_alpha"):
+            assert getattr(sched, method)(t).dtype == jnp.float64, method
+            assert getattr(sched, method)(jnp.int32(0)).dtype == jnp.float32, method
+            assert getattr(sched, method)(t.astype(jnp.float32)).dtype == jnp.float32, method
+        lam = sched.log_snr(t)
+        assert sched.t_from_log_snr(lam).dtype == jnp.float64
+        np.testing.assert_allclose(sched.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-9 * sched.t_max)
+        a, s = np.asarray(sched.alpha(t)), np.asarray(sched.sigma(t))
+        np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(lam), 2 * np.log(a / s), rtol=1e-12, atol=1e-12)
+
+
+def test_float64_discrete_tables_and_closed_form():
+    with jax.enable_x64(True):
+        sched = _discrete("linear")
+        assert sched.log_alphas_cumprod.dtype == jnp.float64
+        n = jnp.arange(T, dtype=jnp.float64)
+        np.testing.assert_allclose(
+            sched.alpha_bar(n), np.cumprod(1 - S.linear_betas()), rtol=1e-13
+        )
+        assert sched.to_continuous_time(n).dtype == jnp.float64
+        assert sched.posterior_variance(n[1:], n[:-1]).dtype == jnp.float64
+        explicit = S.make_schedule("linear", T, dtype=jnp.float32)
+        assert explicit.log_alphas_cumprod.dtype == jnp.float32
+        assert explicit.alpha(n).dtype == jnp.float64  # a float32 table, float64 arithmetic
+        t = jnp.linspace(1e-3, 1.0, 11, dtype=jnp.float64)
+        expected = -0.25 * np.asarray(t) ** 2 * (20.0 - 0.1) - 0.5 * np.asarray(t) * 0.1
+        np.testing.assert_allclose(S.LinearVPSchedule().log_alpha(t), expected, rtol=1e-15)
 
 
 # ------------------------------------------------------------------------- grids

@@ -11,7 +11,7 @@
   :mod:`~diffjax.app.guidance_sweep`, :mod:`~diffjax.app.reports`: evaluation, sweeps
   and their files, tables and plots;
 * :mod:`~diffjax.app.demo`, :mod:`~diffjax.app.cli`: the ``diffjax`` command;
-* :mod:`~diffjax.app.images`, :mod:`~diffjax.app.files`: image grids and atomic writes.
+* :mod:`~diffjax.app.images`, :mod:`~diffjax.files`: image grids and atomic writes.
 
 Nothing in the primitives (schedules, parameterization, guidance, losses, samplers,
 nn, metrics, networks) imports from here. Submodules are imported on use.

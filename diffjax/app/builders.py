@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from diffjax._checks import check_choice
 from diffjax.nn import UNet
 from diffjax.parameterization import make_denoiser
 from diffjax.schedules import DiscreteSchedule, make_schedule
@@ -38,8 +39,7 @@ def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNe
       num_classes: the dataset's number of classes (ignored when the config asks for
         an unconditional model).
     """
-    if model.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={model.dtype!r}; expected one of {tuple(DTYPES)}")
+    check_choice("model.dtype", model.dtype, tuple(DTYPES))
     return UNet(
         base_channels=model.base_channels,
         channel_mults=tuple(model.channel_mults),

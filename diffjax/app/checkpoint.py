@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from diffjax.app import config as config_lib
-from diffjax.app.files import write_text_atomic
+from diffjax.files import write_text_atomic
 from diffjax.training import integrity
 
 CONFIG_FILE = "config.json"

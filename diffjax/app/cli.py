@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from diffjax.app.sampler_specs import SamplerSpec
+
 DEBUG_ENV = "DIFFJAX_DEBUG"
 # Errors a user causes with arguments, configs or paths: exit code 2. Everything else
 # (damaged or unwritable checkpoints, a locked workdir, a diverged loss, timeouts) is a
@@ -103,9 +105,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
     from diffjax.app import builders, images
-    from diffjax.app.files import atomic_output
     from diffjax.app.generate import generate, parse_guidance_interval
     from diffjax.app.train import load_trained
+    from diffjax.files import atomic_output, write_npz_atomic
 
     # Argument checks come before anything is loaded (or compiled).
     if args.num_per_label < 1:
@@ -147,8 +149,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     with atomic_output(out, suffix=os.path.splitext(out)[1] or ".png") as tmp:
         images.save_grid(tmp, samples, ncols=ncols, upscale=args.upscale)
     npz = os.path.splitext(out)[0] + ".npz"
-    with atomic_output(npz, suffix=".npz") as tmp:
-        np.savez(tmp, images=samples, labels=labels if labels is not None else np.zeros(0))
+    write_npz_atomic(npz, images=samples, labels=labels if labels is not None else np.zeros(0))
     print(f"wrote {len(samples)} samples to {out} and {npz}")
 
 
@@ -167,7 +168,7 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _sampler_help() -> str:
-    from diffjax.app.generate import GRID_NAMES, SAMPLER_NAMES
+    from diffjax.app.sampler_specs import GRID_NAMES, SAMPLER_NAMES
 
     return (
         f"one of {', '.join(SAMPLER_NAMES)}; the DPM-Solver family and UniPC also take a "
@@ -175,15 +176,14 @@ def _sampler_help() -> str:
     )
 
 
-def _sampler_name(text: str) -> str:
-    """The type of --sampler: a sampler name with an optional grid suffix."""
-    from diffjax.app.generate import parse_sampler_name
+def _sampler_name(text: str) -> SamplerSpec:
+    """The type of --sampler: a sampler name with an optional grid suffix, parsed once."""
+    from diffjax.app.sampler_specs import parse_sampler
 
     try:
-        parse_sampler_name(text)
+        return parse_sampler(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def _parse_list(text: str, kind: type, flag: str) -> list:
@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         format_evaluation,
         load_evaluation_context,
     )
-    from diffjax.app.files import write_text_atomic
+    from diffjax.files import write_text_atomic
 
     # The arguments are checked before load_evaluation_context, which may train the
     # evaluation classifier and cache reference features in WORKDIR/eval/.
@@ -261,14 +261,14 @@ def cmd_pareto(args: argparse.Namespace) -> None:
         load_evaluation_context,
         run_pareto_sweep,
     )
-    from diffjax.app.generate import parse_sampler_name
     from diffjax.app.reports import format_pareto_table
+    from diffjax.app.sampler_specs import parse_sampler
     from diffjax.metrics.pareto import best_per_nfe
 
-    samplers = _parse_list(args.samplers, str, "--samplers")
-    for name in samplers:
+    samplers = []
+    for name in _parse_list(args.samplers, str, "--samplers"):
         try:
-            parse_sampler_name(name)
+            samplers.append(parse_sampler(name))
         except ValueError as e:
             raise ValueError(f"--samplers: {e}") from None
     nfes = _parse_list(args.nfe, int, "--nfe")

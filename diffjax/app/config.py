@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.training.grad_accum_steps = 1
 
     config.sampling = ml_collections.ConfigDict()
-    config.sampling.sampler = "ddim"  # 'ddim' | 'ddpm'
+    config.sampling.sampler = "ddim"  # a name of diffjax.app.sampler_specs, e.g. 'dpm++2m@logsnr'
     config.sampling.num_steps = 50
     config.sampling.eta = 0.0
     config.sampling.guidance_scale = 0.0
@@ -348,23 +348,20 @@ def _check_tree(
             problems.append(f"unknown config {kind} {key!r}{_did_you_mean(key, known)}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _type_problem(key: str, value: Any, default: Any) -> str:
     """What type ``value`` should have (the type of ``default``), or '' if it has it."""
+    from diffjax._checks import is_int  # config.py imports nothing of diffjax at load
     if value is None and key in NULLABLE_KEYS:
         return ""
     if isinstance(default, bool):
         ok, expected = isinstance(value, bool), "a bool"
     elif isinstance(default, int):
-        ok, expected = _is_int(value), "an int"
+        ok, expected = is_int(value), "an int"
     elif isinstance(default, float):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         expected = "a float"
     elif isinstance(default, tuple | list):
-        ok = isinstance(value, tuple | list) and all(_is_int(v) for v in value)
+        ok = isinstance(value, tuple | list) and all(is_int(v) for v in value)
         expected = "a tuple of ints"
     elif isinstance(default, str):
         ok, expected = isinstance(value, str), "a str"
@@ -379,7 +376,7 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     """Appends the range and allowed-value problems of the well-typed leaves in ``values``."""
     # Imported here: config.py itself stays free of jax/flax imports.
     from diffjax.app.builders import BETA_RANGE_SCHEDULES, DTYPES
-    from diffjax.app.generate import parse_sampler_name
+    from diffjax.app.sampler_specs import parse_sampler
     from diffjax.data import SOURCE_NAMES, TFDS_PREFIX
     from diffjax.losses import LOSS_WEIGHTINGS, PREDICTION_TYPES
     from diffjax.nn.conv import CONV_WEIGHT_GRAD_MODES
@@ -489,7 +486,7 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     # sampling
     if "sampling.sampler" in values:
         try:
-            parse_sampler_name(values["sampling.sampler"])
+            parse_sampler(values["sampling.sampler"])
         except ValueError as e:
             problems.append(f"sampling.sampler={values['sampling.sampler']!r}: {e}")
     if at_least("sampling.num_steps", 1) and timesteps_ok:
@@ -538,6 +535,8 @@ def _check_heads(values: dict[str, Any], problems: list[str], image_size: int | 
 
 def _parse_value(key: str, raw: str, default: Any) -> Any:
     """Parses an override string into the type of the default value."""
+    from diffjax._checks import is_int  # config.py imports nothing of diffjax at load
+
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -548,7 +547,7 @@ def _parse_value(key: str, raw: str, default: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
     elif isinstance(default, float):
         if isinstance(value, int | float) and not isinstance(value, bool):

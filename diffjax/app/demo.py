@@ -23,11 +23,12 @@ import numpy as np
 from diffjax.app import builders, images
 from diffjax.app.config import apply_overrides, digits_config
 from diffjax.app.evaluate import EvalContext, load_evaluation_context, run_pareto_sweep
-from diffjax.app.files import write_text_atomic
 from diffjax.app.generate import generate
 from diffjax.app.reports import PARETO_COLUMNS, format_pareto_table
+from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
 from diffjax.app.train import train
 from diffjax.data import load_digits
+from diffjax.files import write_text_atomic
 from diffjax.metrics.pareto import best_per_nfe
 from diffjax.networks.classifier import ClassifierParams, accuracy, class_agreement
 
@@ -78,7 +79,7 @@ def run_demo(
     num_per_class: int = 50,
     num_sampling_steps: int = 50,
     seed: int = 0,
-    pareto_samplers: Sequence[str] = DEFAULT_PARETO_SAMPLERS,
+    pareto_samplers: Sequence[str | SamplerSpec] = DEFAULT_PARETO_SAMPLERS,
     pareto_nfes: Sequence[int] = DEFAULT_PARETO_NFES,
     pareto_num_samples: int = 250,
 ) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def run_demo(
     Returns:
       The report as a dict.
     """
+    specs = [parse_sampler(name) for name in pareto_samplers]  # refused before training
     config = digits_config(variant)
     apply_overrides(config, overrides)
     model_dir = os.path.join(workdir, "model")
@@ -139,10 +141,10 @@ def run_demo(
     )
     sample_seconds = time.perf_counter() - start
     pareto = None
-    if pareto_samplers:
+    if specs:
         pareto = demo_pareto(
             ctx, os.path.join(workdir, PARETO_DIR),
-            samplers=pareto_samplers, nfes=pareto_nfes, guidance_scale=grid_scale,
+            samplers=specs, nfes=pareto_nfes, guidance_scale=grid_scale,
             num_samples=pareto_num_samples, seed=seed,
         )
     report = {
@@ -174,7 +176,7 @@ def demo_pareto(
     ctx: EvalContext,
     out_dir: str,
     *,
-    samplers: Sequence[str],
+    samplers: Sequence[str | SamplerSpec],
     nfes: Sequence[int],
     guidance_scale: float,
     num_samples: int,

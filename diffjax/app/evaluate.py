@@ -47,15 +47,17 @@ from diffjax.app.features import (
     load_or_compute_reference,
     metric_label,
 )
-from diffjax.app.generate import generate, make_sampler, network_evaluations
+from diffjax.app.generate import generate
 from diffjax.app.reports import (
     format_pareto_table,
     plot_quality_vs_nfe,
     plot_quality_vs_seconds,
     write_rows,
 )
+from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
 from diffjax.app.train import load_trained, load_training_data
 from diffjax.data import load_dataset
+from diffjax.files import write_text_atomic
 from diffjax.metrics.fid import compute_statistics, frechet_distance, load_statistics
 from diffjax.metrics.kid import kernel_inception_distance
 from diffjax.metrics.pareto import mark_pareto
@@ -89,8 +91,6 @@ __all__ = [
     "machine_description",
     "pareto_sweep",
     "run_pareto_sweep",
-    "sampler_nfe",
-    "steps_for_nfe",
 ]
 
 EVAL_DIR = "eval"
@@ -102,35 +102,16 @@ DC_K = 5
 
 
 # --------------------------------------------------------------------------------------
-# Network evaluations per sampler.
-
-def sampler_nfe(sampler: str, num_steps: int, schedule: DiscreteSchedule | None = None) -> int:
-    """Network evaluations (NFE) of ``sampler`` run with ``num_steps`` (as ``generate``).
-
-    A guided evaluation (conditional and unconditional in one batch) counts once. The
-    count is :func:`diffjax.app.generate.network_evaluations` (checked against counted
-    denoiser calls in ``tests/test_samplers.py``).
-
-    Args:
-      sampler: A name of :data:`diffjax.app.generate.SAMPLER_NAMES`.
-      num_steps: The ``num_steps`` given to ``generate``.
-      schedule: Unused (kept so every sweep helper takes the same arguments).
-
-    Returns:
-      The NFE.
-    """
-    del schedule
-    return network_evaluations(sampler, int(num_steps))
-
+# Sweep arguments.
 
 def check_nfe(nfe: int) -> None:
-    """Refuses an NFE budget below 1 (:func:`steps_for_nfe`, :func:`run_pareto_sweep`)."""
+    """Refuses an NFE budget below 1 (:func:`run_pareto_sweep`)."""
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe=}")
 
 
 def check_sweep(
-    samplers: Sequence[str],
+    samplers: Sequence[str | SamplerSpec],
     nfes: Sequence[int],
     guidance_scales: Sequence[float | None] = (None,),
 ) -> None:
@@ -143,39 +124,6 @@ def check_sweep(
         raise ValueError(f"empty sweep: {samplers=}, {nfes=}, {guidance_scales=}")
     for nfe in nfes:
         check_nfe(int(nfe))
-
-
-def steps_for_nfe(
-    sampler: str, nfe: int, schedule: DiscreteSchedule
-) -> tuple[int, int] | None:
-    """The most steps of ``sampler`` that use at most ``nfe`` network evaluations.
-
-    Args:
-      sampler: Sampler name.
-      nfe: The evaluation budget.
-      schedule: The model's schedule.
-
-    Returns:
-      ``(num_steps, actual_nfe)``, or None when even one step needs more than ``nfe``
-      evaluations or the sampler refuses the step count (e.g. ``'dpm-fast'`` below 3).
-    """
-    check_nfe(nfe)
-
-    def cost(steps: int) -> int:
-        return sampler_nfe(sampler, steps, schedule)
-
-    steps = max(1, math.floor(nfe * nfe / max(cost(nfe), 1)))
-    while steps > 1 and cost(steps) > nfe:
-        steps -= 1
-    while cost(steps + 1) <= nfe:
-        steps += 1
-    if cost(steps) > nfe:
-        return None
-    try:
-        make_sampler(sampler, schedule, steps)
-    except ValueError:
-        return None
-    return steps, cost(steps)
 
 
 # --------------------------------------------------------------------------------------
@@ -245,9 +193,7 @@ def evaluation_classifier(
     data = load_dataset(dataset, split=str(config.data.split), **kwargs)
     clf = train_classifier(data, key=jax.random.key(seed))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_classifier(tmp, clf)
-    os.replace(tmp, path)
+    save_classifier(path, clf)  # atomic
     return clf, path
 
 
@@ -497,7 +443,7 @@ class SampleTiming(NamedTuple):
 
 def sample_timed(
     ctx: EvalContext,
-    sampler: str,
+    sampler: str | SamplerSpec,
     num_steps: int,
     guidance_scale: float | None,
     num_samples: int,
@@ -572,7 +518,7 @@ def _nan_metrics(ctx: EvalContext, n: int, reason: str) -> dict[str, Any]:
 
 def evaluate_sampler(
     ctx: EvalContext,
-    sampler: str = "ddim",
+    sampler: str | SamplerSpec = "ddim",
     num_steps: int = 50,
     guidance_scale: float | None = None,
     num_samples: int = 500,
@@ -588,16 +534,17 @@ def evaluate_sampler(
     disk would be. A run with non-finite samples (a diverging sampler) is reported with
     NaN metrics and an ``error`` entry instead of raising, so that a sweep goes on.
     """
+    spec = parse_sampler(sampler)
     check_enough_samples(num_samples, ctx.extractor.dim, ctx.extractor.name, k=DC_K)
     images, labels, timing = sample_timed(
-        ctx, sampler, num_steps, guidance_scale, num_samples, seed=seed, batch_size=batch_size
+        ctx, spec, num_steps, guidance_scale, num_samples, seed=seed, batch_size=batch_size
     )
     finite = np.all(np.isfinite(images.reshape(num_samples, -1)), axis=1)
     nonfinite = int(num_samples - finite.sum())
     head = {
-        "sampler": sampler,
+        "sampler": str(spec),
         "num_steps": int(num_steps),
-        "nfe": sampler_nfe(sampler, int(num_steps), ctx.schedule),
+        "nfe": spec.nfe(int(num_steps)),
         "guidance_scale": guidance_scale,
         "seed": int(seed),
     }
@@ -629,7 +576,7 @@ def evaluate_sampler(
 
 def evaluate(
     workdir: str,
-    sampler: str = "ddim",
+    sampler: str | SamplerSpec = "ddim",
     num_steps: int = 50,
     guidance_scale: float | None = None,
     num_samples: int = 500,
@@ -645,7 +592,7 @@ def evaluate(
 
     Args:
       workdir: The training workdir.
-      sampler: Sampler name (:data:`diffjax.app.generate.SAMPLER_NAMES`).
+      sampler: A :class:`~diffjax.app.sampler_specs.SamplerSpec` or a sampler name.
       num_steps: Its ``num_steps`` (the NFE budget for ``'dpm-fast'``).
       guidance_scale: Classifier-free guidance ``w``; None samples without guidance.
       num_samples: N, the number of samples (>= 6; hundreds or more for stable numbers).
@@ -710,7 +657,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
 def run_pareto_sweep(
     ctx: EvalContext,
     *,
-    samplers: Sequence[str],
+    samplers: Sequence[str | SamplerSpec],
     nfes: Sequence[int],
     guidance_scales: Sequence[float | None],
     num_samples: int,
@@ -724,15 +671,15 @@ def run_pareto_sweep(
     """Evaluates every (sampler, NFE, guidance) point; writes CSV/JSON after each, then plots.
 
     For each sampler and requested NFE the step count is the largest whose NFE does
-    not exceed the request (:func:`steps_for_nfe`; the row keeps both ``nfe_target`` and
-    the actual ``nfe``); points a sampler cannot reach are skipped and listed in
-    ``pareto.json`` under ``skipped``. All points share the sampling seed (the same
-    initial noise). The Pareto-optimal points on (NFE, FID) and (seconds per image, FID)
-    are marked, and ``pareto_nfe.png`` / ``pareto_seconds.png`` drawn.
+    not exceed the request (``SamplerSpec.steps_for_nfe``, in closed form; the row keeps
+    both ``nfe_target`` and the actual ``nfe``); points a sampler cannot reach are
+    skipped and listed in ``pareto.json`` under ``skipped``. All points share the
+    sampling seed (the same initial noise). The Pareto-optimal points on (NFE, FID) and
+    (seconds per image, FID) are marked, and ``pareto_nfe.png`` / ``pareto_seconds.png`` drawn.
 
     Args:
       ctx: From :func:`load_evaluation_context`.
-      samplers: Sampler names.
+      samplers: Sampler names or specs.
       nfes: Requested network-evaluation budgets.
       guidance_scales: Guidance scales (None: unguided).
       num_samples: N per point.
@@ -750,16 +697,15 @@ def run_pareto_sweep(
 
     check_sweep(samplers, nfes, guidance_scales)
     check_enough_samples(num_samples, ctx.extractor.dim, ctx.extractor.name, k=DC_K)
-    for name in samplers:
-        make_sampler(name, ctx.schedule, 10)  # unknown names fail before any work
+    specs = [parse_sampler(name) for name in samplers]  # unknown names fail before any work
     points, skipped = [], []
-    for name in samplers:
+    for spec in specs:
         for nfe in nfes:
-            found = steps_for_nfe(name, int(nfe), ctx.schedule)
+            found = spec.steps_for_nfe(int(nfe), ctx.schedule.num_timesteps)
             if found is None:
-                skipped.append(f"{name} at NFE {nfe}: no step count fits")
+                skipped.append(f"{spec} at NFE {nfe}: no step count fits")
                 continue
-            points += [(name, int(nfe), found[0], w) for w in guidance_scales]
+            points += [(spec, int(nfe), found[0], w) for w in guidance_scales]
     label = metric_label("FID", num_samples, ctx.extractor.name)
     info = {
         "workdir": os.path.abspath(ctx.workdir),
@@ -773,10 +719,10 @@ def run_pareto_sweep(
     }
     rows: list[dict[str, Any]] = []
     bar = tqdm(points, desc="pareto sweep", unit="point", disable=not progress)
-    for name, nfe, steps, w in bar:
-        bar.set_postfix_str(f"{name} NFE {nfe} w={w}")
+    for spec, nfe, steps, w in bar:
+        bar.set_postfix_str(f"{spec} NFE {nfe} w={w}")
         row = evaluate_sampler(
-            ctx, name, steps, w, num_samples,
+            ctx, spec, steps, w, num_samples,
             seed=seed, batch_size=batch_size, kid_subsets=kid_subsets,
         )
         row["nfe_target"] = nfe
@@ -790,15 +736,14 @@ def run_pareto_sweep(
                             quality_label=label, title=title)
         plot_quality_vs_seconds(rows, os.path.join(out_dir, "pareto_seconds.png"),
                                 quality_label=label, title=title)
-        with open(os.path.join(out_dir, "pareto.md"), "w") as f:
-            f.write(format_pareto_table(rows, label))
+        write_text_atomic(os.path.join(out_dir, "pareto.md"), format_pareto_table(rows, label))
     return rows
 
 
 def pareto_sweep(
     workdir: str,
     *,
-    samplers: Sequence[str],
+    samplers: Sequence[str | SamplerSpec],
     nfes: Sequence[int],
     guidance_scales: Sequence[float | None],
     num_samples: int = 500,

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from diffjax._checks import is_int
+from diffjax.files import write_npz_atomic
 from diffjax.metrics.fid import compute_statistics, load_statistics
 from diffjax.networks.classifier import ClassifierParams, classifier_features
 from diffjax.networks.inception import FEATURE_DIM, inception_features, load_inception_weights
@@ -208,7 +209,7 @@ def check_enough_samples(n: int, dim: int | None, feature_name: str, *, k: int =
       ValueError: If ``n < max(2, k + 1)``; the message names N and the feature dimension.
     """
     need = max(2, int(k) + 1)
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < need:
+    if not is_int(n) or n < need:
         features = f"{feature_name} features" if dim is None else f"{dim}-d {feature_name} features"
         d = "d, the feature dimension," if dim is None else f"d = {dim}"
         raise ValueError(
@@ -236,20 +237,6 @@ class ReferenceSet(NamedTuple):
     num_images: int
     features: np.ndarray
     feature_name: str
-
-
-def _save_npz_atomic(path: str, **arrays: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _read_cached(path: str, extractor: FeatureExtractor) -> ReferenceSet | None:
@@ -313,7 +300,7 @@ def load_or_compute_reference(
     mu, sigma = compute_statistics(feats)
     m = min(int(max_features), feats.shape[0])
     subset = np.sort(np.random.default_rng(seed).choice(feats.shape[0], m, replace=False))
-    _save_npz_atomic(
+    write_npz_atomic(
         path,
         mu=mu,
         sigma=sigma,

@@ -41,9 +41,10 @@ import jax
 import numpy as np
 
 from diffjax.app import images
-from diffjax.app.evaluate import EvalContext, evaluate_samples, sampler_nfe
-from diffjax.app.files import write_text_atomic
+from diffjax.app.evaluate import EvalContext, evaluate_samples
 from diffjax.app.generate import generate
+from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
+from diffjax.files import write_figure_atomic, write_text_atomic
 from diffjax.schedules import DiscreteSchedule
 
 __all__ = [
@@ -125,7 +126,7 @@ def guidance_sweep(
     ctx: EvalContext,
     guidance_scales: Sequence[float],
     *,
-    sampler: str = "dpm++2m",
+    sampler: str | SamplerSpec = "dpm++2m",
     num_steps: int = 20,
     num_samples: int = 500,
     guidance_rescale: float = 0.0,
@@ -148,7 +149,7 @@ def guidance_sweep(
         model trained with conditioning dropout).
       guidance_scales: The scales ``w`` (0 is the conditional model, through the
         batched guided path).
-      sampler: Sampler name (:data:`diffjax.app.generate.SAMPLER_NAMES`).
+      sampler: A :class:`~diffjax.app.sampler_specs.SamplerSpec` or a sampler name.
       num_steps: Its step count.
       num_samples: ``N`` per scale (at least ``num_classes * grid_per_class`` and 6).
       guidance_rescale: Guidance rescale factor in ``[0, 1]`` for every scale.
@@ -166,6 +167,7 @@ def guidance_sweep(
       ValueError: for an unconditional model, an empty sweep or too few samples.
       FloatingPointError: if a scale produces non-finite samples.
     """
+    spec = parse_sampler(sampler)
     num_classes = ctx.model.num_classes
     if num_classes is None:
         raise ValueError("a guidance sweep needs a class-conditional model")
@@ -187,7 +189,7 @@ def guidance_sweep(
             image_shape=ctx.image_shape,
             key=jax.random.key(seed),
             labels=labels,
-            sampler=sampler,
+            sampler=spec,
             num_steps=int(num_steps),
             guidance_scale=float(w),
             guidance_rescale=float(guidance_rescale),
@@ -197,7 +199,7 @@ def guidance_sweep(
         x = np.asarray(x)
         if not np.all(np.isfinite(x)):
             raise FloatingPointError(
-                f"{sampler} at guidance w={w:g} ({variant}) gave non-finite samples"
+                f"{spec} at guidance w={w:g} ({variant}) gave non-finite samples"
             )
         metrics = evaluate_samples(
             np.clip(x, -1.0, 1.0), labels,
@@ -214,9 +216,9 @@ def guidance_sweep(
             "guidance_scale": float(w),
             "guidance_rescale": float(guidance_rescale),
             "guidance_interval": None if guidance_interval is None else list(guidance_interval),
-            "sampler": sampler,
+            "sampler": str(spec),
             "num_steps": int(num_steps),
-            "nfe": sampler_nfe(sampler, int(num_steps), ctx.schedule),
+            "nfe": spec.nfe(int(num_steps)),
             "seed": int(seed),
             **metrics,
         })
@@ -304,13 +306,6 @@ def _series(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, An
     return {k: sorted(v, key=lambda r: r["guidance_scale"]) for k, v in out.items()}
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> str:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
 def plot_guidance_sweep(
     rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = ""
 ) -> str:
@@ -343,7 +338,7 @@ def plot_guidance_sweep(
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return write_figure_atomic(fig, path)
 
 
 def plot_guidance_grids(
@@ -390,5 +385,5 @@ def plot_guidance_grids(
         ax.set_ylabel(f"w={row['guidance_scale']:g}", rotation=0, ha="right", va="center")
     fig.suptitle(f"{variant}: {per_class} sample(s) per class, same noise in every row",
                  fontsize=9)
-    return _save(fig, path)
+    return write_figure_atomic(fig, path)
 

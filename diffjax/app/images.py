@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import matplotlib.image
 import numpy as np
+
+from diffjax.files import atomic_output
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -45,5 +45,5 @@ def make_grid(images: np.ndarray, ncols: int, *, pad: int = 1, upscale: int = 1)
 
 def save_grid(path: str, images: np.ndarray, ncols: int, *, upscale: int = 1) -> None:
     """Writes :func:`make_grid` of ``images`` as a PNG."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    matplotlib.image.imsave(path, make_grid(images, ncols, upscale=upscale))
+    with atomic_output(path, suffix=".png") as tmp:
+        matplotlib.image.imsave(tmp, make_grid(images, ncols, upscale=upscale), format="png")

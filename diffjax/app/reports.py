@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diffjax.app.files import write_text_atomic
+from diffjax.files import write_figure_atomic, write_text_atomic
 from diffjax.metrics.pareto import pareto_front, row_value
 
 __all__ = [
@@ -236,10 +236,7 @@ def _plot(
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    return path
+    return write_figure_atomic(fig, path)
 
 
 def plot_quality_vs_nfe(

@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from diffjax.app import builders
 from diffjax.app import checkpoint as ckpt
 from diffjax.app import config as config_lib
-from diffjax.app.files import write_text_atomic
 from diffjax.data import (
     ImageDataset,
     ImageSource,
@@ -48,6 +47,8 @@ from diffjax.data import (
     training_batches,
 )
 from diffjax.data.pipeline import check_example
+from diffjax.files import write_text_atomic
+from diffjax.schedules import DiscreteSchedule
 from diffjax.training import sharding
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.preemption import PreemptionWatcher
@@ -361,7 +362,7 @@ def _run_steps(
     source: ImageSource,
     mesh: jax.sharding.Mesh,
     model: Any,
-    schedule: Any,
+    schedule: DiscreteSchedule,
     optimizer: Any,
     state: TrainState,
     train_key: jax.Array,

@@ -8,11 +8,12 @@ the batches the uninterrupted run would have seen, with no iterator state to che
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from diffjax._checks import is_int
 
 __all__ = [
     "ImageDataset",
@@ -129,7 +130,7 @@ def validate_labels(labels: Any, num_classes: int, n: int, *, name: str = "label
       ValueError: If the shape is not ``(n,)``, ``num_classes`` is not positive, or a label is
         out of range.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+    if not is_int(num_classes):
         raise TypeError(f"num_classes must be an int, got {num_classes!r}.")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes=}.")
@@ -187,12 +188,9 @@ def validate_dataset(dataset: ImageDataset) -> ImageDataset:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}.") from None
-    if isinstance(value, bool):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}.")
+    v = int(value)
     if v < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {name}={v}.")
     return v

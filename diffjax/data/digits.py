@@ -10,6 +10,7 @@ import functools
 
 import numpy as np
 
+from diffjax._checks import check_int
 from diffjax.data.dataset import ImageDataset, make_dataset
 
 __all__ = ["DIGITS_SPLITS", "load_digits"]
@@ -66,8 +67,7 @@ def load_digits(
         raise ValueError(f"split must be one of {DIGITS_SPLITS}, got {split=}.")
     if not 0.0 < float(heldout_fraction) < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction=}.")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed=}.")
+    check_int("seed", seed, minimum=0)
     images, labels = _raw_digits()
     if split == "all":
         keep = np.ones(labels.shape[0], dtype=bool)

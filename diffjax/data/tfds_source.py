@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from diffjax._checks import check_int
 from diffjax.data.dataset import uint8_to_unit_range
 from diffjax.data.pipeline import Example, ImageSource
 
@@ -206,8 +207,7 @@ def load_tfds_source(
     """
     if name not in TFDS_DATASETS:
         raise ValueError(f"Unknown TFDS dataset {name=}; known: {tuple(TFDS_DATASETS)}.")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
-        raise ValueError(f"image_size must be a non-negative int, got {image_size=}.")
+    check_int("image_size", image_size, minimum=0, what="0: the dataset's own size")
     import tensorflow_datasets as tfds  # lazy: only TFDS runs need it
 
     spec = TFDS_DATASETS[name]

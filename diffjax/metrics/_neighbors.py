@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_int
+
 __all__ = ["ball_counts", "flatten_rows", "knn_sq_distances"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -44,9 +46,7 @@ def flatten_rows(x: Any, name: str) -> np.ndarray:
 
 
 def _check_chunk(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
-    return int(value)
+    return check_int(name, value, minimum=1)
 
 
 def _blocks(x: np.ndarray, size: int) -> tuple[np.ndarray, int]:

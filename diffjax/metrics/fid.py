@@ -33,6 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from diffjax._checks import check_int
+from diffjax.files import write_npz_atomic
+
 __all__ = [
     "FeatureStatistics",
     "compute_statistics",
@@ -167,8 +170,7 @@ class FeatureStatistics(NamedTuple):
 
 def init_statistics(dim: int) -> FeatureStatistics:
     """Empty :class:`FeatureStatistics` for ``dim``-dimensional features."""
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"dim must be a positive int, got {dim=}.")
+    check_int("dim", dim, minimum=1, what="the feature dimension")
     return FeatureStatistics(0, np.zeros((dim,), np.float64), np.zeros((dim, dim), np.float64))
 
 
@@ -287,12 +289,13 @@ def save_statistics(path: str | os.PathLike[str], mu: Any, sigma: Any) -> None:
     """Writes ``mu`` and ``sigma`` as float64 arrays to a pytorch-fid style ``.npz``.
 
     Args:
-      path: Destination file. ``np.savez`` appends ``.npz`` when the name lacks it.
+      path: Destination file (``.npz`` is appended when the name lacks it), written
+        atomically.
       mu: ``(d,)`` mean.
       sigma: ``(d, d)`` covariance.
     """
     mu, sigma = _check_stats(mu, sigma, "")
-    np.savez(path, mu=mu, sigma=sigma)
+    write_npz_atomic(path, mu=mu, sigma=sigma)
 
 
 def load_statistics(

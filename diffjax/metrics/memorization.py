@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from diffjax.files import write_figure_atomic
 from diffjax.metrics._neighbors import flatten_rows, knn_sq_distances
 
 __all__ = [
@@ -385,6 +386,5 @@ def save_nearest_neighbor_gallery(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
+    write_figure_atomic(fig, path, format="png")
     return shown

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from diffjax._checks import check_int
 from diffjax.metrics._neighbors import ball_counts, flatten_rows, knn_sq_distances
 
 __all__ = [
@@ -66,8 +67,7 @@ class DensityCoverage(NamedTuple):
 
 
 def _check_k(k: int, n: int, name: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k=}.")
+    check_int("k", k, minimum=1)
     if n < k + 1:
         raise ValueError(
             f"{name} has {n} samples; the k-NN radius with k={k} needs at least {k + 1}."

@@ -25,6 +25,7 @@ import optax
 from flax import serialization, struct
 
 from diffjax.data.dataset import ImageDataset, iterate_batches, validate_dataset
+from diffjax.files import write_bytes_atomic
 from diffjax.networks._batching import map_padded_batches
 
 __all__ = [
@@ -411,8 +412,7 @@ def save_classifier(path: str | os.PathLike[str], clf: ClassifierParams) -> None
         "config": _config_dict(clf),
         "params": serialization.to_state_dict(jax.device_get(clf.params)),
     }
-    with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize(payload))
+    write_bytes_atomic(path, serialization.msgpack_serialize(payload))
 
 
 def _tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:

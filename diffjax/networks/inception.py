@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.files import write_npz_atomic
 from diffjax.networks._batching import map_padded_batches
 
 __all__ = [
@@ -595,12 +596,12 @@ def save_inception_weights(path: str | os.PathLike[str], variables: Mapping[str,
     """Writes Flax variables of :class:`FIDInceptionV3` to an ``.npz`` (float32, no pickle).
 
     Args:
-      path: Destination file (``np.savez`` appends ``.npz`` when missing).
+      path: Destination file (``.npz`` is appended when missing), written atomically.
       variables: ``{"params": ..., "batch_stats": ...}``.
     """
     flat = {k: np.asarray(v, np.float32) for k, v in _flatten(variables)}
     _check_flat(flat, str(path))
-    np.savez(path, **{_FORMAT_KEY: np.array(f"{_FORMAT}.v{_VERSION}")}, **flat)
+    write_npz_atomic(path, **{_FORMAT_KEY: np.array(f"{_FORMAT}.v{_VERSION}")}, **flat)
 
 
 def _check_flat(flat: Mapping[str, np.ndarray], where: str) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from diffjax.files import atomic_output
+
 __all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors"]
 
 _DTYPES: dict[str, np.dtype] = {
@@ -178,7 +180,7 @@ def write_safetensors(
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the tensor buffer starts 8-byte aligned
-    with open(os.fspath(path), "wb") as f:
+    with atomic_output(os.fspath(path)) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for arr in arrays.values():

@@ -4,15 +4,11 @@ from diffjax.samplers.analytic import GaussianMixture
 from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
 from diffjax.samplers.ddim import DDIMState, ddim
 from diffjax.samplers.dpm_solver import (
-    DPM_SOLVER_ALGORITHMS,
-    DPM_SOLVER_TYPES,
-    DynamicThresholding,
     SinglestepState,
     dpm_solver_fast,
     dpm_solver_fast_orders,
     dpm_solver_fast_timesteps,
     dpm_solver_singlestep,
-    dynamic_threshold,
 )
 from diffjax.samplers.driver import (
     Sampler,
@@ -24,14 +20,25 @@ from diffjax.samplers.driver import (
     transition_beta,
 )
 from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
+from diffjax.samplers.exponential import (
+    DPM_SOLVER_TYPES,
+    LOWER_ORDER_FINAL_RULES,
+    PREDICTIONS,
+    DynamicThresholding,
+    StaticThresholding,
+    dynamic_threshold,
+    multistep_orders,
+)
 from diffjax.samplers.inversion import DDIMInversionState, ddim_inversion
-from diffjax.samplers.multistep import MultistepState, dpm_solver_multistep, multistep_orders
+from diffjax.samplers.multistep import THIRD_ORDER_UPDATES, MultistepState, dpm_solver_multistep
 from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
 __all__ = [
     "DDPM_VARIANCES",
-    "DPM_SOLVER_ALGORITHMS",
     "DPM_SOLVER_TYPES",
+    "LOWER_ORDER_FINAL_RULES",
+    "PREDICTIONS",
+    "THIRD_ORDER_UPDATES",
     "UNIPC_VARIANTS",
     "DDIMInversionState",
     "DDIMState",
@@ -42,6 +49,7 @@ __all__ = [
     "MultistepState",
     "Sampler",
     "SinglestepState",
+    "StaticThresholding",
     "UniPCState",
     "check_denoised",
     "check_same_schedule",

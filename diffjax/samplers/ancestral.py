@@ -12,8 +12,8 @@ Eq. 6-7; for skipped grids, Nichol & Dhariwal, 2021, Sec. 4), writing
 
 No noise is added on a step that lands on the clean point (``sigma_s = 0``), so the
 last step returns the posterior mean (which is then ``x0``), as in Ho et al. and
-diffusers. If ``clip_x0`` is set, the ``x0`` estimate is clipped before the mean is
-formed.
+diffusers. With ``thresholding`` set, the ``x0`` estimate is thresholded (e.g. clipped,
+:class:`~diffjax.samplers.exponential.StaticThresholding`) before the mean is formed.
 
 References:
   Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
@@ -27,9 +27,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from diffjax._checks import check_choice
 from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.ddim import _check_clip, denoise_at_step
+from diffjax.samplers.ddim import denoise_at_step
 from diffjax.samplers.driver import Sampler, check_timesteps, state_dtype, transition_beta
+from diffjax.samplers.exponential import (
+    DynamicThresholding,
+    StaticThresholding,
+    check_thresholding,
+)
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -46,10 +53,10 @@ class DDPMState(NamedTuple):
 
 
 def ddpm(
-    schedule: Any,
+    schedule: VPSchedule,
     timesteps: ArrayLike,
     variance: str = "beta_tilde",
-    clip_x0: float | None = None,
+    thresholding: StaticThresholding | DynamicThresholding | None = None,
 ) -> Sampler:
     """Builds a DDPM ancestral sampler.
 
@@ -59,18 +66,19 @@ def ddpm(
         ``[T-1, T-2, ..., 0, -1]`` for the full DDPM chain.
       variance: ``'beta_tilde'`` (posterior variance, the lower bound) or ``'beta'``
         (the upper bound, Ho et al. Sec. 3.2).
-      clip_x0: if set, clip the ``x0`` estimate to ``[-clip_x0, clip_x0]``.
+      thresholding: ``StaticThresholding(m)`` clips the ``x0`` estimate to ``[-m, m]``;
+        ``None`` (the default) does not clip.
 
     Returns:
-      A :class:`~diffjax.samplers.driver.Sampler`.
+      A :class:`~diffjax.samplers.driver.Sampler` with ``nfe = num_steps`` and
+      ``order = None`` (stochastic).
 
     Raises:
       ValueError: for a bad grid or an unknown ``variance``.
     """
     ts = check_timesteps(schedule, timesteps)
-    if variance not in DDPM_VARIANCES:
-        raise ValueError(f"unknown {variance=!r}; expected one of {list(DDPM_VARIANCES)}")
-    clip_x0 = _check_clip(clip_x0)
+    variance = check_choice("variance", variance, DDPM_VARIANCES)
+    thresholding = check_thresholding(thresholding)
 
     def init(x_T: ArrayLike) -> DDPMState:
         return DDPMState(x=jnp.asarray(x_T, state_dtype(x_T)))
@@ -80,7 +88,7 @@ def ddpm(
     ) -> DDPMState:
         dtype = state.x.dtype
         t, t_prev, (_, x0) = denoise_at_step(
-            denoise_fn, state.x, ts, step_index, cond, clip_x0
+            denoise_fn, state.x, ts, step_index, cond, thresholding
         )
         alpha_t, sigma_t = schedule.alpha(t), schedule.sigma(t)
         alpha_p, sigma_p = schedule.alpha(t_prev), schedule.sigma(t_prev)
@@ -95,6 +103,8 @@ def ddpm(
     def finalize(state: DDPMState) -> Array:
         return state.x
 
+    steps = int(ts.shape[0] - 1)
     return Sampler(
-        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=steps, order=None,
     )

@@ -7,8 +7,9 @@ One step from ``t`` to ``s`` (Song et al., 2021, Eq. 12 and 16), with
     x_s   = alpha_s x0 + sqrt(sigma_s**2 - std**2) eps + std z,   z ~ N(0, I).
 
 ``eta = 1`` is DDPM's ancestral step with the posterior variance ("beta tilde").
-If ``clip_x0`` is set, ``x0`` is clipped to ``[-clip_x0, clip_x0]`` while ``eps`` is
-*not* recomputed from the clipped ``x0`` (diffusers' default
+With ``thresholding`` set (:class:`~diffjax.samplers.exponential.StaticThresholding`
+clips ``x0`` to ``[-m, m]``, diffusers' ``clip_sample``), ``eps`` is recomputed from the
+thresholded ``x0`` unless ``recompute_eps_after_clip=False`` (diffusers' default
 ``use_clipped_model_output=False``).
 
 References:
@@ -28,9 +29,17 @@ from diffjax.samplers.driver import (
     Sampler,
     check_nonnegative_scalar,
     check_timesteps,
+    concrete_value,
     state_dtype,
     transition_beta,
 )
+from diffjax.samplers.exponential import (
+    DynamicThresholding,
+    StaticThresholding,
+    apply_thresholding,
+    check_thresholding,
+)
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -44,43 +53,33 @@ class DDIMState(NamedTuple):
     x: Array
 
 
-def _check_clip(clip_x0: float | None) -> float | None:
-    if clip_x0 is None:
-        return None
-    if not float(clip_x0) > 0.0:
-        raise ValueError(f"clip_x0 must be positive or None, got {clip_x0=}")
-    return float(clip_x0)
-
-
 def denoise_at_step(
     denoise_fn: DenoiseFn,
     x: Array,
     timesteps: np.ndarray,
     step_index: Array,
     cond: Any,
-    clip_x0: float | None,
+    thresholding: StaticThresholding | DynamicThresholding | None,
 ) -> tuple[Array, Array, Denoised]:
     """The step's times and the denoiser's output, shared by DDIM and DDPM.
 
     Returns:
       ``(t, t_prev, Denoised(eps, x0))`` with ``t = timesteps[i]``,
-      ``t_prev = timesteps[i + 1]``, the outputs in ``x``'s dtype and ``x0`` clipped to
-      ``[-clip_x0, clip_x0]`` when ``clip_x0`` is set (``eps`` as the network gave it).
+      ``t_prev = timesteps[i + 1]``, the outputs in ``x``'s dtype and ``x0`` thresholded
+      when ``thresholding`` is set (``eps`` as the network gave it).
     """
     grid = jnp.asarray(timesteps, x.dtype)
     t, t_prev = grid[step_index], grid[step_index + 1]
     out = denoise_fn(x, t, cond)
-    x0 = jnp.asarray(out.x0, x.dtype)
-    if clip_x0 is not None:
-        x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    x0 = apply_thresholding(jnp.asarray(out.x0, x.dtype), thresholding)
     return t, t_prev, Denoised(eps=jnp.asarray(out.eps, x.dtype), x0=x0)
 
 
 def ddim(
-    schedule: Any,
+    schedule: VPSchedule,
     timesteps: ArrayLike,
     eta: ArrayLike = 0.0,
-    clip_x0: float | None = None,
+    thresholding: StaticThresholding | DynamicThresholding | None = None,
     recompute_eps_after_clip: bool = True,
 ) -> Sampler:
     """Builds a DDIM sampler.
@@ -93,22 +92,28 @@ def ddim(
         ``set_alpha_to_one=False`` it is ``[900, 800, ..., 0, 0]``.
       eta: stochasticity (0 = deterministic DDIM, 1 = DDPM posterior variance); may be
         a traced scalar. Checked ``>= 0`` when concrete.
-      clip_x0: if set, clip the ``x0`` estimate to ``[-clip_x0, clip_x0]``.
-      recompute_eps_after_clip: after clipping, recompute ``eps = (x_t - alpha_t x0) /
+      thresholding: ``StaticThresholding(m)`` clips the ``x0`` estimate to ``[-m, m]``;
+        ``DynamicThresholding`` is Imagen's; ``None`` (the default) does not clip.
+      recompute_eps_after_clip: after thresholding, recompute ``eps = (x_t - alpha_t x0) /
         sigma_t`` from the clipped ``x0`` so the step stays consistent with ``x_t`` (as
         the DDPM posterior mean does). This is what makes clipping safe under strong
         classifier-free guidance. ``False`` keeps the network's eps, which is
         diffusers' default (``use_clipped_model_output=False``) and its test values.
 
     Returns:
-      A :class:`~diffjax.samplers.driver.Sampler`.
+      A :class:`~diffjax.samplers.driver.Sampler` with ``nfe = num_steps`` and
+      ``order = 1`` (``None`` for a concrete ``eta > 0``; a traced ``eta`` declares 1,
+      which holds where it is 0).
 
     Raises:
-      ValueError: for a bad grid, a negative concrete ``eta``, or non-positive clip.
+      ValueError: for a bad grid, a negative concrete ``eta``, or a bad ``thresholding``
+        (a non-positive ``max_value``).
     """
     ts = check_timesteps(schedule, timesteps)
-    clip_x0 = _check_clip(clip_x0)
+    thresholding = check_thresholding(thresholding)
     deterministic = check_nonnegative_scalar("eta", eta)
+    # A traced eta is declared first order: the order holds where it is 0.
+    stochastic = not deterministic and concrete_value(eta) is not None
 
     def init(x_T: ArrayLike) -> DDIMState:
         return DDIMState(x=jnp.asarray(x_T, state_dtype(x_T)))
@@ -117,9 +122,11 @@ def ddim(
         denoise_fn: DenoiseFn, state: DDIMState, step_index: Array, key: Array, cond: Any
     ) -> DDIMState:
         dtype = state.x.dtype
-        t, t_prev, out = denoise_at_step(denoise_fn, state.x, ts, step_index, cond, clip_x0)
+        t, t_prev, out = denoise_at_step(
+            denoise_fn, state.x, ts, step_index, cond, thresholding
+        )
         eps, x0 = out
-        if clip_x0 is not None and recompute_eps_after_clip:
+        if thresholding is not None and recompute_eps_after_clip:
             eps = (state.x - schedule.alpha(t) * x0) / schedule.sigma(t)
         alpha_p, sigma_p = schedule.alpha(t_prev), schedule.sigma(t_prev)
         x_prev = alpha_p * x0
@@ -136,6 +143,8 @@ def ddim(
     def finalize(state: DDIMState) -> Array:
         return state.x
 
+    steps = int(ts.shape[0] - 1)
     return Sampler(
-        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=steps, order=None if stochastic else 1,
     )

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.parameterization import DenoiseFn, denoiser_schedule
-from diffjax.schedules import DiscreteSchedule
+from diffjax.schedules import DiscreteSchedule, VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -52,13 +52,20 @@ class Sampler(NamedTuple):
       schedule: the noise schedule the sampler was built for (every factory in
         :mod:`diffjax.samplers` sets it), or ``None`` for a hand-written sampler.
         :func:`sample` refuses a denoiser that records a different schedule.
+      nfe: network evaluations one :func:`sample` run makes (per sample; static), set
+        by every factory; ``None`` for a hand-written sampler.
+      order: the global convergence order of the method on the probability-flow ODE
+        (the error falls as ``num_steps ** -order`` on grids ending at sigma > 0), or
+        ``None`` for a stochastic sampler; tests/test_sampler_order.py measures it.
     """
 
     num_steps: int
     init: Callable[[Array], SamplerState]
     step: Callable[[DenoiseFn, SamplerState, Array, Array, Any], SamplerState]
     finalize: Callable[[SamplerState], Array]
-    schedule: Any = None
+    schedule: VPSchedule | None = None
+    nfe: int | None = None
+    order: int | None = None
 
 
 def concrete_value(x: Any) -> np.ndarray | None:
@@ -186,7 +193,9 @@ def _value_mismatch(field: str, a: Any, b: Any, names: tuple[str, str]) -> str |
 
 
 def schedule_mismatch(
-    a: Any, b: Any, names: tuple[str, str] = ("sampler", "denoise_fn")
+    a: VPSchedule | None,
+    b: VPSchedule | None,
+    names: tuple[str, str] = ("sampler", "denoise_fn"),
 ) -> str | None:
     """How two noise schedules differ by value, or ``None`` if they match or are unknown.
 
@@ -232,8 +241,8 @@ _SAME_SCHEDULE_FIX = (
 
 
 def check_same_schedule(
-    expected: Any,
-    actual: Any,
+    expected: VPSchedule | None,
+    actual: VPSchedule | None,
     names: tuple[str, str] = ("sampler", "denoise_fn"),
     fix: str = _SAME_SCHEDULE_FIX,
 ) -> None:
@@ -257,7 +266,7 @@ def check_same_schedule(
         )
 
 
-def transition_beta(schedule: Any, t: ArrayLike, t_prev: ArrayLike) -> Array:
+def transition_beta(schedule: VPSchedule, t: ArrayLike, t_prev: ArrayLike) -> Array:
     """``1 - alpha_bar(t) / alpha_bar(t_prev)``, the effective beta of a (skipped) step.
 
     Computed as ``-expm1(2 (log alpha_t - log alpha_prev))`` so that small betas keep
@@ -266,7 +275,7 @@ def transition_beta(schedule: Any, t: ArrayLike, t_prev: ArrayLike) -> Array:
     return -jnp.expm1(2.0 * (schedule.log_alpha(t) - schedule.log_alpha(t_prev)))
 
 
-def check_timesteps(schedule: Any, timesteps: ArrayLike) -> np.ndarray:
+def check_timesteps(schedule: VPSchedule, timesteps: ArrayLike) -> np.ndarray:
     """Validates a sampler time grid and returns it as float64 NumPy.
 
     The grid holds ``num_steps + 1`` non-increasing model times: the model is evaluated
@@ -301,16 +310,22 @@ def check_timesteps(schedule: Any, timesteps: ArrayLike) -> np.ndarray:
         raise ValueError(f"timesteps must be finite, got {ts}")
     if np.any(np.diff(ts) > 0):
         raise ValueError(f"timesteps must be non-increasing, got {ts}")
+    t_max, t_clean = float(schedule.t_max), float(schedule.t_clean)
     if isinstance(schedule, DiscreteSchedule):
-        T = schedule.num_timesteps
-        if ts[0] > T - 1:
-            raise ValueError(f"timesteps exceed the schedule's last timestep {T - 1}: {ts}")
-        if ts[-2] < 0 or ts[-1] < -1:
-            raise ValueError(f"evaluation timesteps must be >= 0 and the target >= -1, got {ts}")
+        # A discrete model is evaluated only from its first training timestep on.
+        t_noise = float(schedule.t_min_noise)
+        if ts[0] > t_max:
+            raise ValueError(f"timesteps exceed the schedule's last timestep {t_max:g}: {ts}")
+        if ts[-2] < t_noise or ts[-1] < t_clean:
+            raise ValueError(
+                f"evaluation timesteps must be >= {t_noise:g} and the target >= {t_clean:g}, "
+                f"got {ts}"
+            )
     else:
-        t_max = float(getattr(schedule, "t_max", 1.0))
-        if ts[0] > t_max + 1e-6 or ts[-2] <= 0 or ts[-1] < 0:
-            raise ValueError(f"timesteps must lie in (0, {t_max}] (target in [0, {t_max}])")
+        if ts[0] > t_max + 1e-6 or ts[-2] <= t_clean or ts[-1] < t_clean:
+            raise ValueError(
+                f"timesteps must lie in ({t_clean:g}, {t_max}] (target in [{t_clean:g}, {t_max}])"
+            )
     return ts
 
 

@@ -44,14 +44,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_int
 from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.dpm_solver import dispatch, sampling_time_range
 from diffjax.samplers.driver import (
     Sampler,
     check_nonnegative_scalar,
     concrete_value,
     state_dtype,
 )
+from diffjax.samplers.exponential import dispatch, sampling_time_range
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -91,10 +93,7 @@ def karras_sigmas(
     Raises:
       ValueError: for a bad argument.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
-        raise ValueError(f"num_steps must be an int, got {num_steps=!r}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps=}")
+    num_steps = check_int("num_steps", num_steps, minimum=1)
     if not 0.0 < float(sigma_min) <= float(sigma_max) < math.inf:
         raise ValueError(f"need 0 < sigma_min <= sigma_max < inf, got {sigma_min=}, {sigma_max=}")
     if not float(rho) > 0.0:
@@ -104,12 +103,12 @@ def karras_sigmas(
     return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
 
 
-def edm_sigma_range(schedule: Any) -> tuple[float, float]:
+def edm_sigma_range(schedule: VPSchedule) -> tuple[float, float]:
     """``(sigma_min, sigma_max)`` of a VP schedule in EDM units, ``sigma_vp / alpha``.
 
     The ends are the schedule's sampling range: ``t = 0`` and ``T - 1`` for a
     :class:`~diffjax.schedules.DiscreteSchedule` (k-diffusion's ``sigmas[0]`` and
-    ``sigmas[-1]``), ``t_min`` and ``t_max`` for a continuous one.
+    ``sigmas[-1]``), ``t_min_noise`` and ``t_max`` for a continuous one.
     """
     t_hi, t_lo = sampling_time_range(schedule)
     with jax.ensure_compile_time_eval():
@@ -138,7 +137,7 @@ def _check_sigmas(sigmas: ArrayLike) -> np.ndarray:
 
 
 def edm_heun(
-    schedule: Any,
+    schedule: VPSchedule,
     sigmas: ArrayLike,
     *,
     s_churn: ArrayLike = 0.0,
@@ -221,5 +220,6 @@ def edm_heun(
         return state.alpha * state.x
 
     return Sampler(
-        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=sum(kinds), order=2 if deterministic else None,
     )

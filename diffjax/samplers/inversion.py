@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from diffjax.parameterization import DenoiseFn
 from diffjax.samplers.driver import Sampler, check_timesteps, state_dtype
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -57,14 +58,14 @@ class DDIMInversionState(NamedTuple):
     x: Array
 
 
-def ddim_inversion(schedule: Any, timesteps: ArrayLike) -> Sampler:
+def ddim_inversion(schedule: VPSchedule, timesteps: ArrayLike) -> Sampler:
     """Builds the DDIM inverter for a sampling grid: data ``x0`` in, noise ``x_T`` out.
 
     Args:
       schedule: noise schedule with ``alpha(t)`` and ``sigma(t)``.
       timesteps: the *sampling* grid of the DDIM run that should decode the result: a
         static, non-increasing array of ``num_steps + 1`` model times, e.g.
-        ``[999, 899, ..., 99, -1]`` (``diffjax.app.generate.sampling_timesteps``). The
+        ``[999, 899, ..., 99, -1]`` (``diffjax.app.sampler_specs.sampling_timesteps``). The
         inverter walks it backwards, from ``timesteps[-1]`` (where the input lives, the
         clean point ``-1`` for data) up to ``timesteps[0]``, evaluating the denoiser once
         per step at the step's target time ``timesteps[:-1]`` (the times DDIM evaluates).
@@ -102,6 +103,8 @@ def ddim_inversion(schedule: Any, timesteps: ArrayLike) -> Sampler:
     def finalize(state: DDIMInversionState) -> Array:
         return state.x
 
+    steps = int(ts.shape[0] - 1)
     return Sampler(
-        num_steps=int(ts.shape[0] - 1), init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=steps, order=1,
     )

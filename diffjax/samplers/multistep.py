@@ -26,11 +26,13 @@ Third order. ``D1`` estimates ``h m'`` and ``D2`` estimates ``h^2 m'' / 2`` (bot
 DPM-Solver code, diffusers and k-diffusion all use ``phi3(u) D2``, half the Taylor
 weight, which leaves an ``O(h^3)`` local error: their 3M is globally *second* order
 (measured: slope 2.0 on exact Gaussian data, where this module's 3M shows 3 or more).
-``legacy_third_order=True`` reproduces their update.
+``third_order='reference'`` reproduces their update (and declares ``order = 2``);
+``'taylor'`` (the default) is the full Taylor weight.
 
-Warm-up is static: step ``i`` uses order ``min(order, i + 1)`` (and, with
-``lower_order_final``, ``min(order, num_steps - i)``), and a mixed table dispatches with
-``lax.switch`` on the step index, so only one order is ever computed per step.
+Warm-up is static: step ``i`` uses order ``min(order, i + 1)`` (and, where the
+``lower_order_final`` rule applies, ``min(order, num_steps - i)``), and a mixed table
+dispatches with ``lax.switch`` on the step index, so only one order is ever computed per
+step. The shared kernel is :mod:`diffjax.samplers.exponential`.
 
 References:
   Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver: A Fast ODE Solver for Diffusion
@@ -41,43 +43,41 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from diffjax._checks import check_choice
 from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.dpm_solver import (
-    DPM_SOLVER_ALGORITHMS,
+from diffjax.samplers.driver import Sampler, state_dtype
+from diffjax.samplers.exponential import (
     DPM_SOLVER_TYPES,
     DynamicThresholding,
-    _check_choice,
-    _check_thresholding,
-    check_dpm_grid,
+    StaticThresholding,
+    check_exponential_grid,
+    check_multistep_order,
+    check_prediction,
+    check_thresholding,
     dispatch,
     exponential_step,
+    multistep_orders,
     phi1,
     phi2,
     phi3,
     step_context,
 )
-from diffjax.samplers.driver import Sampler, state_dtype
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = [
-    "MultistepState",
-    "check_multistep_order",
-    "dpm_solver_multistep",
-    "multistep_orders",
-]
+__all__ = ["THIRD_ORDER_UPDATES", "MultistepState", "dpm_solver_multistep"]
 
-LOWER_ORDER_FINAL_STEPS = 15
-"""With ``lower_order_final=None`` the final steps use lower orders below this many
-steps (diffusers' rule)."""
+THIRD_ORDER_UPDATES = ("taylor", "reference")
+"""The third-order multistep update: ``'taylor'`` weights the second difference by
+``2 phi3`` (globally third order); ``'reference'`` by ``phi3``, as the official
+DPM-Solver code, diffusers and k-diffusion do (globally second order)."""
 
 
 class MultistepState(NamedTuple):
@@ -95,72 +95,24 @@ class MultistepState(NamedTuple):
     lambdas: Array
 
 
-def multistep_orders(
-    order: int, num_steps: int, lower_order_final: bool, clean_target: bool = False
-) -> tuple[int, ...]:
-    """The static order of each multistep step (warm-up and final steps).
-
-    Args:
-      order: the solver order.
-      num_steps: number of steps.
-      lower_order_final: end with lower orders (``min(order, num_steps - i)``).
-      clean_target: the last step lands on ``sigma = 0`` and must be first order.
-
-    Returns:
-      ``num_steps`` orders.
-    """
-    orders = [min(order, i + 1) for i in range(num_steps)]
-    if lower_order_final:
-        orders = [min(o, num_steps - i) for i, o in enumerate(orders)]
-    if clean_target:
-        orders[-1] = 1
-    return tuple(orders)
-
-
-def check_multistep_order(
-    method: str, order: Any, supported: Sequence[int], num_steps: int
-) -> int:
-    """Validates a multistep solver's order against its method and step count.
-
-    Args:
-      method: the solver's name, for the message.
-      order: the requested order.
-      supported: the orders the method implements.
-      num_steps: ``len(timesteps) - 1``.
-
-    Returns:
-      ``order`` as an int.
-
-    Raises:
-      ValueError: for an unsupported order or ``num_steps < order``.
-    """
-    if isinstance(order, bool) or not isinstance(order, int | np.integer) or order not in supported:
-        raise ValueError(f"{method} supports order in {list(supported)}, got {order=!r}")
-    if num_steps < order:
-        raise ValueError(
-            f"num_steps={num_steps} (len(timesteps) - 1) is too small for {order=}: a "
-            "multistep solver needs num_steps >= order"
-        )
-    return int(order)
-
-
 def dpm_solver_multistep(
-    schedule: Any,
+    schedule: VPSchedule,
     timesteps: ArrayLike,
     order: int = 2,
     *,
-    algorithm: str = "dpmsolver++",
+    prediction: str = "data",
+    sde: bool = False,
     solver_type: str = "midpoint",
-    lower_order_final: bool | None = None,
-    thresholding: DynamicThresholding | None = None,
-    legacy_third_order: bool = False,
+    lower_order_final: str = "below_15_steps",
+    thresholding: StaticThresholding | DynamicThresholding | None = None,
+    third_order: str = "taylor",
 ) -> Sampler:
     """Builds a multistep DPM-Solver: one network evaluation per step.
 
-    ``algorithm='dpmsolver++', order=2`` is DPM-Solver++(2M), the recommended solver
-    for guided sampling; ``order=3`` is 3M; ``algorithm='dpmsolver'`` is the
-    noise-prediction multistep DPM-Solver; ``algorithm='sde-dpmsolver++'`` (orders 1, 2)
-    is SDE-DPM-Solver++(2M), which draws fresh noise from the key given to ``step``.
+    ``prediction='data', order=2`` is DPM-Solver++(2M), the recommended solver for
+    guided sampling; ``order=3`` is 3M; ``prediction='noise'`` is the noise-prediction
+    multistep DPM-Solver; ``sde=True`` (orders 1, 2, data prediction) is
+    SDE-DPM-Solver++(2M), which draws fresh noise from the key given to ``step``.
 
     Example (diffusers' ``DPMSolverMultistepScheduler`` defaults, 20 steps)::
 
@@ -173,43 +125,47 @@ def dpm_solver_multistep(
         it at ``sigma_min`` (``final=0`` on a discrete schedule, diffusers'
         ``final_sigmas_type='sigma_min'``) or, for data prediction, at ``sigma = 0``
         (``final=-1``, ``final_sigmas_type='zero'``; the last step is then first order).
-      order: 1, 2 or 3 (1 or 2 for ``'sde-dpmsolver++'``); needs ``num_steps >= order``.
-      algorithm: ``'dpmsolver'``, ``'dpmsolver++'`` or ``'sde-dpmsolver++'``.
+      order: 1, 2 or 3 (1 or 2 with ``sde``); needs ``num_steps >= order``.
+      prediction: ``'data'`` (DPM-Solver++) or ``'noise'`` (DPM-Solver).
+      sde: SDE-DPM-Solver++ (needs ``prediction='data'``).
       solver_type: ``'midpoint'`` or ``'heun'`` (second-order steps only).
-      lower_order_final: use orders ``min(order, num_steps - i)`` at the end (stabilizes
-        few-step sampling). ``None`` (default) means ``num_steps < 15``, as in diffusers.
-      thresholding: dynamic thresholding of the data prediction (not for ``'dpmsolver'``).
-      legacy_third_order: use the third-order update of the official code, diffusers and
-        k-diffusion (second difference weighted by ``phi3`` instead of ``2 phi3``; only
-        globally second order). For bit-level comparisons with those libraries.
+      lower_order_final: when to use orders ``min(order, num_steps - i)`` at the end
+        (stabilizes few-step sampling): ``'always'``, ``'never'`` or
+        ``'below_15_steps'`` (the default, diffusers' rule).
+      thresholding: static or dynamic thresholding of the data prediction (not for
+        ``prediction='noise'``); ``None`` (the default) does not clip.
+      third_order: ``'taylor'`` (the default) or ``'reference'``, the third-order update
+        of the official code, diffusers and k-diffusion (second difference weighted by
+        ``phi3`` instead of ``2 phi3``; only globally second order). For bit-level
+        comparisons with those libraries.
 
     Returns:
-      A :class:`~diffjax.samplers.driver.Sampler`.
+      A :class:`~diffjax.samplers.driver.Sampler` with ``nfe = num_steps`` and
+      ``order`` the method's order (2 for ``third_order='reference'`` at order 3;
+      ``None`` with ``sde``).
 
     Raises:
       ValueError: for an unknown option, an unsupported order, too few steps for the
         order, a bad grid, or a noise-prediction solver whose grid ends at ``sigma = 0``.
     """
-    algorithm = _check_choice("algorithm", algorithm, DPM_SOLVER_ALGORITHMS)
-    solver_type = _check_choice("solver_type", solver_type, DPM_SOLVER_TYPES)
-    thresholding = _check_thresholding(thresholding, algorithm)
-    sde = algorithm == "sde-dpmsolver++"
-    if lower_order_final is not None and not isinstance(lower_order_final, bool):
-        raise ValueError(f"lower_order_final must be a bool or None, got {lower_order_final=!r}")
-    ts, clean = check_dpm_grid(schedule, timesteps, algorithm)
+    prediction = check_prediction(prediction)
+    if not isinstance(sde, bool):
+        raise ValueError(f"sde must be a bool, got {sde=!r}")
+    if sde and prediction != "data":
+        raise ValueError(
+            f"sde=True is SDE-DPM-Solver++: it needs prediction='data', got {prediction=!r}"
+        )
+    solver_type = check_choice("solver_type", solver_type, DPM_SOLVER_TYPES)
+    thresholding = check_thresholding(thresholding, prediction)
+    third_order = check_choice("third_order", third_order, THIRD_ORDER_UPDATES)
+    ts, clean = check_exponential_grid(schedule, timesteps, prediction)
     num_steps = int(ts.shape[0] - 1)
-    order = check_multistep_order(
-        f"multistep {algorithm!r}", order, (1, 2) if sde else (1, 2, 3), num_steps
-    )
-    if lower_order_final is None:
-        lower_order_final = num_steps < LOWER_ORDER_FINAL_STEPS
+    method = "multistep SDE-DPM-Solver++" if sde else f"multistep prediction={prediction!r}"
+    order = check_multistep_order(method, order, (1, 2) if sde else (1, 2, 3), num_steps)
     orders = multistep_orders(order, num_steps, lower_order_final, clean)
-    if not isinstance(legacy_third_order, bool):
-        raise ValueError(f"legacy_third_order must be a bool, got {legacy_third_order=!r}")
-    data = algorithm != "dpmsolver"
     heun = solver_type == "heun"
     history = order - 1
-    d2_weight = 1.0 if legacy_third_order else 2.0
+    d2_weight = 1.0 if third_order == "reference" else 2.0
 
     def init(x_T: ArrayLike) -> MultistepState:
         dtype = state_dtype(x_T)
@@ -226,11 +182,11 @@ def dpm_solver_multistep(
         x = state.x
         dtype = x.dtype
         _, s, _, m_s, m_t, model = step_context(
-            schedule, ts, step_index, dtype, denoise_fn, cond, data, thresholding
+            schedule, ts, step_index, dtype, denoise_fn, cond, prediction, thresholding
         )
         m0 = model(x, s)
         h = m_t.lam - m_s.lam
-        scale, coef, u = exponential_step(data, m_s, m_t)
+        scale, coef, u = exponential_step(prediction, m_s, m_t)
         if sde:
             scale, u = scale * jnp.exp(-h), -2.0 * h
             z = jax.random.normal(key, x.shape, dtype)
@@ -268,5 +224,7 @@ def dpm_solver_multistep(
         return state.x
 
     return Sampler(
-        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=num_steps,
+        order=None if sde else 2 if third_order == "reference" and order == 3 else order,
     )

@@ -11,7 +11,7 @@ per step ``i`` (one network evaluation each):
 * **UniP** (predictor, Sec. 3.2): the multistep step from ``s_i`` to ``s_{i+1}`` with the
   outputs ``m_i, m_{i-1}, ...``.
 
-Both are, for data prediction (``predict_x0``, UniPC++), with ``h = lambda_t - lambda_s``,
+Both are, for data prediction (``prediction='data'``, UniPC++), with ``h = lambda_t - lambda_s``,
 ``u = -h``, ``r_k = (lambda_{s_k} - lambda_s) / h`` and ``D_k = (m_k - m_0) / r_k``
 (Zhao et al. Alg. 2 with ``B(h)``; for noise prediction ``alpha <-> sigma`` and
 ``u = h``)::
@@ -33,7 +33,7 @@ cancellation costs no precision at small steps (the recursion alone loses about
 ``eps / |u|^j``).
 
 Orders are static, as in diffusers: predictor step ``i`` uses
-``min(order, i + 1)`` (warm-up), and with ``lower_order_final`` also
+``min(order, i + 1)`` (warm-up), and where the ``lower_order_final`` rule applies also
 ``min(order, num_steps - i)``; the corrector at step ``i`` has the order of the
 predictor step it corrects (so UniPC-p reaches order p + 1 away from the ends).
 ``lax.switch`` dispatches, so only the chosen order is computed. The history is a
@@ -54,20 +54,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import check_choice, is_int
 from diffjax.parameterization import DenoiseFn
-from diffjax.samplers.dpm_solver import (
+from diffjax.samplers.driver import Sampler, state_dtype
+from diffjax.samplers.exponential import (
     DynamicThresholding,
-    _check_choice,
-    _check_thresholding,
-    check_dpm_grid,
+    StaticThresholding,
+    check_exponential_grid,
+    check_multistep_order,
+    check_prediction,
+    check_thresholding,
     dispatch,
     exponential_step,
     marginal,
+    multistep_orders,
     phi1,
     step_context,
 )
-from diffjax.samplers.driver import Sampler, state_dtype
-from diffjax.samplers.multistep import check_multistep_order, multistep_orders
+from diffjax.schedules import VPSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -186,7 +190,7 @@ def _check_disable_corrector(disable_corrector: Any, num_steps: int) -> tuple[in
         )
     steps = tuple(disable_corrector)
     for i in steps:
-        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= i < num_steps:
+        if not is_int(i) or not 0 <= i < num_steps:
             raise ValueError(
                 f"disable_corrector entries must be step indices in [0, {num_steps}), got "
                 f"{disable_corrector=!r}"
@@ -195,20 +199,21 @@ def _check_disable_corrector(disable_corrector: Any, num_steps: int) -> tuple[in
 
 
 def unipc(
-    schedule: Any,
+    schedule: VPSchedule,
     timesteps: ArrayLike,
     order: int = 2,
     *,
-    predict_x0: bool = True,
+    prediction: str = "data",
     variant: str = "bh2",
-    lower_order_final: bool = True,
+    lower_order_final: str = "always",
     disable_corrector: Sequence[int] = (),
-    thresholding: DynamicThresholding | None = None,
+    thresholding: StaticThresholding | DynamicThresholding | None = None,
 ) -> Sampler:
     """Builds a UniPC sampler: UniP-p predictor and UniC-p corrector, one evaluation a step.
 
     The defaults are diffusers' ``UniPCMultistepScheduler`` defaults (``solver_order=2``,
-    ``solver_type='bh2'``, ``predict_x0=True``, ``lower_order_final=True``,
+    ``solver_type='bh2'``, ``predict_x0=True`` (``prediction='data'``),
+    ``lower_order_final=True`` (``'always'``),
     ``disable_corrector=[]``); its default ``final_sigmas_type='zero'`` is a grid ending at
     the clean point (``final=-1`` on a discrete schedule), ``'sigma_min'`` one ending at
     ``t = 0``.
@@ -223,36 +228,34 @@ def unipc(
       timesteps: static, strictly decreasing grid of ``num_steps + 1`` model times.
       order: the predictor order p, 1, 2 or 3 (the corrector raises it to p + 1); needs
         ``num_steps >= order``.
-      predict_x0: data prediction (UniPC++, the default) or noise prediction (``False``;
-        the grid must then end at ``sigma > 0``).
+      prediction: ``'data'`` (UniPC++, the default) or ``'noise'`` (the grid must then
+        end at ``sigma > 0``).
       variant: ``'bh2'`` (``B(h) = e^h - 1``) or ``'bh1'`` (``B(h) = h``).
-      lower_order_final: use orders ``min(order, num_steps - i)`` at the end (diffusers
-        applies this at every step count for UniPC). A grid ending at ``sigma = 0``
-        always takes a first-order last step.
+      lower_order_final: when to use orders ``min(order, num_steps - i)`` at the end:
+        ``'always'`` (the default; diffusers applies this at every step count for UniPC),
+        ``'never'`` or ``'below_15_steps'``. A grid ending at ``sigma = 0`` always takes
+        a first-order last step.
       disable_corrector: predictor steps (indices) whose result is not corrected.
-      thresholding: dynamic thresholding of the data prediction (``predict_x0`` only).
+      thresholding: static or dynamic thresholding of the data prediction
+        (``prediction='data'`` only); ``None`` (the default) does not clip.
 
     Returns:
-      A :class:`~diffjax.samplers.driver.Sampler`; ``num_steps`` network evaluations.
+      A :class:`~diffjax.samplers.driver.Sampler` with ``nfe = num_steps`` and ``order``
+      ``p + 1`` (``p`` when a corrector is disabled).
 
     Raises:
       ValueError: for an unknown option, an unsupported order, too few steps for the
         order, a bad grid, or a noise-prediction solver whose grid ends at ``sigma = 0``.
     """
-    if not isinstance(predict_x0, bool):
-        raise ValueError(f"predict_x0 must be a bool, got {predict_x0=!r}")
-    algorithm = "dpmsolver++" if predict_x0 else "dpmsolver"
-    variant = _check_choice("variant", variant, UNIPC_VARIANTS)
-    thresholding = _check_thresholding(thresholding, algorithm)
-    if not isinstance(lower_order_final, bool):
-        raise ValueError(f"lower_order_final must be a bool, got {lower_order_final=!r}")
-    ts, clean = check_dpm_grid(schedule, timesteps, algorithm)
+    prediction = check_prediction(prediction)
+    variant = check_choice("variant", variant, UNIPC_VARIANTS)
+    thresholding = check_thresholding(thresholding, prediction)
+    ts, clean = check_exponential_grid(schedule, timesteps, prediction)
     num_steps = int(ts.shape[0] - 1)
     order = check_multistep_order("UniPC", order, (1, 2, 3), num_steps)
     orders = multistep_orders(order, num_steps, lower_order_final, clean)
-    corrector = unipc_corrector_orders(
-        orders, _check_disable_corrector(disable_corrector, num_steps)
-    )
+    disabled = _check_disable_corrector(disable_corrector, num_steps)
+    corrector = unipc_corrector_orders(orders, disabled)
 
     def init(x_T: ArrayLike) -> UniPCState:
         dtype = state_dtype(x_T)
@@ -271,7 +274,7 @@ def unipc(
 
         ``outs[0]`` is the model output at ``m_s``; ``outs[k]``, ``lams[k]`` the older ones.
         """
-        scale, coef, u = exponential_step(predict_x0, m_s, m_t)
+        scale, coef, u = exponential_step(prediction, m_s, m_t)
         base = scale * x - coef * phi1(u) * outs[0]
         num_diffs = n if m_new is not None else n - 1
         if num_diffs == 0:
@@ -293,7 +296,7 @@ def unipc(
         x = state.x
         dtype = x.dtype
         grid, s, _, m_s, m_t, model = step_context(
-            schedule, ts, step_index, dtype, denoise_fn, cond, predict_x0, thresholding
+            schedule, ts, step_index, dtype, denoise_fn, cond, prediction, thresholding
         )
         m_new = model(x, s)
         outs, lams = state.model_outputs, state.lambdas
@@ -322,6 +325,9 @@ def unipc(
     def finalize(state: UniPCState) -> Array:
         return state.x
 
+    # UniC-p raises the predictor's order p to p + 1 (Zhao et al. 2023, Theorem 3.3); with
+    # a corrector disabled the declared order is the predictor's (a lower bound).
     return Sampler(
-        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule
+        num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule,
+        nfe=num_steps, order=order if disabled else order + 1,
     )

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from diffjax.losses import check_loss_options, diffusion_loss
 from diffjax.nn import UNet
+from diffjax.schedules import DiscreteSchedule
 from diffjax.training.sharding import DATA_AXIS
 from diffjax.training.state import TrainState, ema_decay_at, update_ema
 
@@ -67,7 +68,7 @@ def split_microbatches(tree: Any, num_microbatches: int) -> Any:
 
 def make_train_step(
     model: UNet,
-    schedule: Any,
+    schedule: DiscreteSchedule,
     optimizer: optax.GradientTransformation,
     diffusion: ml_collections.ConfigDict,
     ema_decay: float,
