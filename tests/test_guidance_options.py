@@ -201,12 +201,13 @@ def test_generate_wires_rescale_and_interval_without_recompiling():
 def test_cli_guidance_flags_parse():
     from diffjax.app.cli import build_parser
     from diffjax.app.generate import parse_guidance_interval
+    from diffjax.app.sampler_specs import parse_sampler
 
     args = build_parser().parse_args(
         ["sample", "--workdir", "w", "--sampler", "edm-heun", "--guidance", "2",
          "--guidance-rescale", "0.7", "--guidance-interval", "100,800"]
     )
-    assert args.guidance_rescale == 0.7 and args.sampler == "edm-heun"
+    assert args.guidance_rescale == 0.7 and args.sampler == parse_sampler("edm-heun")
     assert parse_guidance_interval(args.guidance_interval) == (100.0, 800.0)
     assert parse_guidance_interval(None) is None
     for bad in ("100", "a,b", "1,2,3"):
