@@ -251,7 +251,8 @@ CELLS_01 = [
         digits (`diffjax.networks.classifier`, the one `diffjax evaluate` uses) says:
         **class agreement** is the fraction of samples it assigns to their label (chance:
         1 in 10). The unconditional samples ignore their labels, so they score about
-        chance.
+        chance; guidance (notebook 3) raises the agreement of a model that has only begun
+        to follow its labels, as in small mode's short run.
     """),
     code("""
         cfg, model, params, info = diffjax.load_trained(WORKDIR)
@@ -281,9 +282,10 @@ CELLS_01 = [
             agreement[w] = class_agreement(clf, check_finite(x, f"samples at w = {w:g}"), labels)
             show(x, ncols=model.num_classes, title=f"DDIM, {what}; labels 0-9 left to right")
             print(f"w = {w:g}: class agreement {agreement[w]:.0%}")
-        assert agreement[0.0] > 0.3 and agreement[3.0] > 0.3, (
-            f"samples ignore their labels: {agreement}"
-        )
+        # Guided samples follow their labels; the unconditional ones do not. (In small
+        # mode's 150 steps the conditional model, w = 0, has only begun to: about 25%.)
+        assert agreement[3.0] >= 0.6, f"guided samples ignore their labels: {agreement}"
+        assert agreement[3.0] > agreement[-1.0] + 0.3, agreement
     """),
     md("""
         Next: [02 DDPM vs DDIM](02_ddpm_vs_ddim.ipynb) samples this network with both

@@ -1,9 +1,30 @@
 """diffjax: diffusion models in JAX/Flax.
 
-Train a UNet with classifier-free conditioning dropout (:func:`train`), then sample it
-with scan-compiled samplers (:func:`sample` with :func:`ddim` or :func:`ddpm`) through a
-denoiser wrapper (:func:`make_denoiser`) and optional guidance
-(:func:`classifier_free_guidance`). Everything is a pure function of pytrees.
+Primitives, pure functions of arrays and pytrees:
+
+* VP noise schedules, discrete and continuous, and timestep grids
+  (:mod:`diffjax.schedules`: :func:`make_schedule`, :class:`DiscreteSchedule`,
+  :class:`LinearVPSchedule`, :class:`CosineVPSchedule`);
+* eps / x0 / v parameterizations and the denoiser wrapper (:func:`make_denoiser`);
+  classifier-free guidance (:func:`classifier_free_guidance`);
+* the training objective: :func:`diffusion_loss` with uniform or Min-SNR weighting and
+  conditioning dropout (:func:`drop_labels`), and the jitted, data-parallel train step
+  (:mod:`diffjax.training`: :func:`make_train_step`, :class:`TrainState`);
+* samplers, each a :class:`Sampler` that :func:`sample` runs in one ``lax.scan`` and that
+  declares its network-evaluation count and order: :func:`ddpm`, :func:`ddim` (and
+  :func:`ddim_inversion`), DPM-Solver and DPM-Solver++ (:func:`dpm_solver_singlestep`,
+  :func:`dpm_solver_multistep`, :func:`dpm_solver_fast`), :func:`unipc` and
+  :func:`edm_heun` (with :func:`karras_sigmas`);
+* the ADM-style :class:`UNet` (:mod:`diffjax.nn`), evaluation networks (FID InceptionV3,
+  CLIP, a digits classifier: :mod:`diffjax.networks`), metric formulas (FID, KID,
+  precision/recall, density/coverage, memorization: :mod:`diffjax.metrics`) and the
+  input pipeline (:mod:`diffjax.data`).
+
+Applications (:mod:`diffjax.app`), which take a config, a workdir or a sampler name:
+:func:`train` (the loop, with verified checkpoints) and :func:`load_trained`;
+:func:`generate`, which takes a sampler spec or name such as ``'dpm++2m@logsnr'``
+(:mod:`diffjax.app.sampler_specs`); evaluation, sweeps and the ``diffjax`` command
+(``python -m diffjax.app.cli``). Names are imported on first use.
 """
 
 from typing import TYPE_CHECKING

@@ -173,11 +173,10 @@ class VPSchedule(Protocol):
 
         alpha_t**2 + sigma_t**2 = 1,    lambda_t = log(alpha_t / sigma_t),
 
-    where ``alpha_t`` decreases and ``sigma_t`` increases with ``t`` (Kingma et al.,
-    2021, "Variational Diffusion Models", Sec. 2; Lu et al., 2022, Sec. 2.1, whose
-    ``lambda`` is half of :meth:`log_snr`). Methods take model times (scalars or
-    arrays; integers are promoted to float32) and compute in the input's float
-    dtype, at least float32.
+    where ``alpha_t`` decreases and ``sigma_t`` increases with ``t``; ``lambda_t`` is
+    DPM-Solver's half-logSNR (Lu et al., 2022) and :meth:`log_snr` is ``2 lambda_t``.
+    Methods take model times (scalars or arrays; integers are promoted to float32)
+    and compute in the input's float dtype, at least float32.
 
     Three times name the sampling range unambiguously:
 

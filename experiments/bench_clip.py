@@ -23,9 +23,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from random_weights import init_clip_params
 from timing import time_calls
 
-from diffjax.networks.clip import CLIP, CLIPConfig, clip_image_features, init_clip_params
+from diffjax.networks.clip import CLIP, CLIPConfig, clip_image_features
 
 
 def _torch_reference(batch, repeats, threads):

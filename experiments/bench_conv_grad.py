@@ -1,10 +1,11 @@
 """Train-step time of a digits-sized UNet: stock vs matmul convolution kernel gradients.
 
-On XLA:CPU the kernel gradient of a convolution is much slower than its forward pass;
-``diffjax.nn.conv`` computes it as kh*kw matrix products instead. This script times one
-jitted training step (loss = mean square of the UNet output vs a target, jax.grad, plain
-SGD; one step per call, as the training loop runs it) for both variants in the same run,
-alternating the calls so that both see the same machine load, and prints the medians.
+On XLA:CPU the kernel gradient of a convolution was once much slower than its forward
+pass; experiments/conv_matmul_grad.py computes it as kh*kw matrix products instead. This
+script times one jitted training step (loss = mean square of the UNet output vs a target,
+jax.grad, plain SGD; one step per call, as the training loop runs it) for both variants in
+the same run, alternating the calls so that both see the same machine load, and prints the
+medians.
 
 Usage:
   python experiments/bench_conv_grad.py                       # 8x8 and 16x16, batch 128
@@ -22,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conv_matmul_grad import select_conv_general_dilated
 
 from diffjax.nn import UNet
 
@@ -56,7 +58,8 @@ def bench_size(args: argparse.Namespace, size: int) -> dict[str, float]:
     for mode in modes:
         model = UNet(base_channels=args.base, channel_mults=tuple(args.mults),
                      num_res_blocks=args.blocks, attention_resolutions=attn,
-                     dropout=args.dropout, num_classes=10, conv_weight_grad=mode)
+                     dropout=args.dropout, num_classes=10,
+                     conv_general_dilated=select_conv_general_dilated(mode))
         p = jax.jit(model.init)(jax.random.key(0), x, t, labels)
         steps[mode] = make_step(model)
         t0 = time.perf_counter()

@@ -1,11 +1,11 @@
 """Where the CPU train step loses to PyTorch: one 3x3 convolution, forward and gradients.
 
-For the convolution shapes of the digits UNet (8x8, batch 128) and of cifar10_ddpm
-(32x32 and 16x16, batch 16), times in the same run: the forward pass, the input gradient
-(dx) and the kernel gradient (dw) under XLA:CPU with ``lax.conv_general_dilated``
-('stock') and with diffjax's matmul kernel gradient (``diffjax.nn.conv``), and PyTorch's
-forward and forward + both gradients (oneDNN, NCHW, ``torch.set_num_threads``). Medians
-of ``--repeats`` calls after one warmup call. Needs torch (``pip install -e ".[parity]"``).
+For the convolution shapes of the digits UNet (8x8, batch 128) and of cifar10_ddpm (32x32
+and 16x16, batch 16), times in the same run: the forward pass, the input gradient (dx) and
+the kernel gradient (dw) under XLA:CPU with ``lax.conv_general_dilated`` ('stock') and
+with the matmul kernel gradient (experiments/conv_matmul_grad.py), and PyTorch's forward
+and forward + both gradients (oneDNN, NCHW, ``torch.set_num_threads``). Medians of
+``--repeats`` calls after one warmup call. Needs torch (``pip install -e ".[parity]"``).
 
 Usage:
   python experiments/bench_conv_vs_torch.py --out experiments/results/conv_vs_torch.txt
@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from conv_matmul_grad import conv_general_dilated as matmul_grad_conv
 from timing import time_calls
-
-from diffjax.nn.conv import conv_general_dilated as matmul_grad_conv
 
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 SHAPES = ((128, 8, 64), (128, 8, 128), (16, 32, 128), (16, 16, 256), (16, 8, 256))

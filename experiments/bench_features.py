@@ -18,13 +18,13 @@ import platform
 
 import jax
 import numpy as np
+from random_weights import random_pytorch_fid_state_dict
 from timing import time_calls
 
 from diffjax.data import load_digits
 from diffjax.networks.classifier import classifier_features, train_classifier
 from diffjax.networks.inception import (
     inception_apply,
-    random_pytorch_fid_state_dict,
     variables_from_pytorch_fid_state_dict,
 )
 

@@ -1,29 +1,32 @@
 """A drop-in ``lax.conv_general_dilated`` whose kernel gradient is a sum of matmuls.
 
-On XLA:CPU the weight gradient of a 2-D convolution (which JAX expresses as another
-convolution with the batch and feature axes swapped) can run several times slower than
-the forward pass. For a kernel of size ``kh x kw`` the same gradient is exactly ``kh * kw``
-matrix products between strided slices of the padded input and the output cotangent:
+An experiment, kept out of the package because it measured slower. On XLA:CPU the weight
+gradient of a 2-D convolution (which JAX expresses as another convolution with the batch
+and feature axes swapped) once ran several times slower than the forward pass. For a
+kernel of size ``kh x kw`` the same gradient is exactly ``kh * kw`` matrix products
+between strided slices of the padded input and the output cotangent:
 
     dW[i, j] = sum_{b, h, w} x_pad[b, s*h + i, s*w + j, :]^T  g[b, h, w, :]
 
 which need no convolution emitter at all. :func:`conv_general_dilated` computes the forward
 pass and the input gradient with the stock ``lax`` convolution and only replaces the
 kernel gradient. It has the signature of ``lax.conv_general_dilated`` so that it can be
-passed to ``flax.linen.Conv(..., conv_general_dilated=...)``; calls it does not cover
-(other layouts, dilations, feature groups, negative padding, other than 2 spatial dims)
-fall through to ``lax.conv_general_dilated`` unchanged.
+given to ``diffjax.nn.UNet(conv_general_dilated=...)`` (or any
+``flax.linen.Conv(..., conv_general_dilated=...)``); calls it does not cover (other
+layouts, dilations, feature groups, negative padding, other than 2 spatial dims) fall
+through to ``lax.conv_general_dilated`` unchanged.
 
-:func:`select_conv_general_dilated` picks the implementation for a model. ``'auto'`` uses
+:func:`select_conv_general_dilated` picks the implementation by mode. ``'auto'`` uses
 the matmul gradient only on the backends listed in ``AUTO_MATMUL_BACKENDS`` (checked with
 ``jax.default_backend()`` at trace time), so GPU and TPU programs are exactly the stock
-ones. That set is currently empty. With jax 0.10.2, XLA:CPU runs convolutions in its
-YNNPACK fusions and the stock kernel gradient takes 1.3-3.5x the forward time (the ~9x in
-docs/design.md did not reproduce); the strided patch copies and transposed-operand matmuls of
-the matmul version cost more, and it made the digits-UNet train step slower (0.7-0.8x at
-8x8, 0.8-0.9x at 16x16; experiments/bench_conv_grad.py, results in
-experiments/results/bench_conv_grad.txt). Re-measure with that script and add ``"cpu"``
-to the set where it wins.
+ones. That set is empty: with jax 0.10.2, XLA:CPU runs convolutions in its YNNPACK
+fusions and the stock kernel gradient takes 1.3-3.5x the forward time (an earlier ~9x
+did not reproduce); the strided patch copies and transposed-operand matmuls of the matmul
+version cost more, and it made the digits-UNet train step slower (0.7-0.8x at 8x8,
+0.8-0.9x at 16x16; experiments/bench_conv_grad.py, results in
+experiments/results/bench_conv_grad.txt). Re-measure with that script; where it wins,
+add the backend to the set and pass ``select_conv_general_dilated('auto')`` to the UNet.
+Its values and gradients are checked against ``lax`` by tests/test_conv.py.
 """
 
 from __future__ import annotations

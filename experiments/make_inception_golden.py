@@ -1,12 +1,12 @@
 """Golden outputs of pytorch-fid's FIDInceptionV3 for the parity test of our Flax port.
 
 The network gets random weights from ``np.random.default_rng(SEED)`` through
-``diffjax.networks.inception.random_pytorch_fid_state_dict`` (no download: pytorch-fid's
-weight loader is patched to return them), so the 95 MB of weights never need storing: the
-test regenerates them from the same seed and first checks them against the per-tensor
-checksums saved here. The golden file holds the inputs, pool3 features and logits in
-float32 and float64, spatial means of pytorch-fid's blocks 0-2, and bilinear-resize
-cases (``F.interpolate(align_corners=False)``, up and down). About 0.2 MB.
+``random_pytorch_fid_state_dict`` of experiments/random_weights.py (no download:
+pytorch-fid's weight loader is patched to return them), so the 95 MB of weights never need
+storing: the test regenerates them from the same seed and first checks them against the
+per-tensor checksums saved here. The golden file holds the inputs, pool3 features and
+logits in float32 and float64, spatial means of pytorch-fid's blocks 0-2, and
+bilinear-resize cases (``F.interpolate(align_corners=False)``, up and down). About 0.2 MB.
 
 Needs torch, torchvision and pytorch-fid next to diffjax, e.g. (x86_64, local wheels):
 
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_fid import inception as pfid
+from random_weights import random_pytorch_fid_state_dict
 
-from diffjax.networks.inception import pytorch_fid_state_dict_shapes, random_pytorch_fid_state_dict
+from diffjax.networks.inception import pytorch_fid_state_dict_shapes
 
 SEED = 2019
 IMAGE_SEED = 7

@@ -56,10 +56,10 @@ def gaussian_w2(m1, c1, m2, c2):
 def run_eager(sampler, den, x, num_steps=None):
     """Steps a sampler op by op with concrete step indices (the state keeps x's dtype).
 
-    The library driver casts x_T to float32 by design; this loop lets the float64
-    convergence tests run the samplers' own init/step/finalize in float64 (under
-    ``jax.enable_x64``) without a compile per step count. ``num_steps`` stops early
-    (default: all steps).
+    The library driver compiles one ``lax.scan`` per grid; this loop lets the float64
+    convergence tests (under ``jax.enable_x64``) run the samplers' own
+    init/step/finalize on many grids without a compile per step count. ``num_steps``
+    stops early (default: all steps).
     """
     state = sampler.init(x)
     for i in range(sampler.num_steps if num_steps is None else num_steps):

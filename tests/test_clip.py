@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from diffjax.networks import clip as C
 from diffjax.networks import clip_tokenizer as T
@@ -158,7 +159,10 @@ def test_hf_state_dict_keys_and_shapes(golden, clip):
     chex.assert_shape(params["text_model"]["encoder"]["layers_1"]["mlp"]["fc1"]["kernel"],
                       (12, 19))
     np.testing.assert_allclose(params["logit_scale"], np.log(30.0), rtol=1e-6)
-    chex.assert_trees_all_equal_shapes_and_dtypes(C.init_clip_params(config, seed=1), params)
+    random_weights = load_script("experiments/random_weights.py")
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        random_weights.init_clip_params(config, seed=1), params
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The matmul kernel-gradient convolution equals lax.conv_general_dilated."""
+"""The matmul kernel-gradient convolution (experiments/conv_matmul_grad.py) equals lax's."""
 
 import functools
 
@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from repo_scripts import load_script
 
-from diffjax.nn import (
-    AUTO_MATMUL_BACKENDS,
-    UNet,
-    conv_general_dilated,
-    select_conv_general_dilated,
-)
+from diffjax.nn import UNet
+
+_matmul_conv = load_script("experiments/conv_matmul_grad.py")
+AUTO_MATMUL_BACKENDS = _matmul_conv.AUTO_MATMUL_BACKENDS
+conv_general_dilated = _matmul_conv.conv_general_dilated
+select_conv_general_dilated = _matmul_conv.select_conv_general_dilated
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -115,8 +116,8 @@ def test_unet_gradient_matmul_equals_stock():
     x, target = _normal(rng, (3, 8, 8, 1)), _normal(rng, (3, 8, 8, 1))
     t = jnp.array([0.0, 10.0, 500.0])
     labels = jnp.array([0, 2, 3])
-    stock = UNet(conv_weight_grad="stock", **kwargs)
-    matmul = UNet(conv_weight_grad="matmul", **kwargs)
+    stock = UNet(conv_general_dilated=select_conv_general_dilated("stock"), **kwargs)
+    matmul = UNet(conv_general_dilated=select_conv_general_dilated("matmul"), **kwargs)
     # Random values in every parameter (no zero-initialized layers), so all carry gradient.
     # (Numpy arithmetic: eager jnp ops on ~50 differently shaped leaves compile ~50 kernels.)
     shapes = jax.eval_shape(stock.init, jax.random.key(0), x, t, labels)

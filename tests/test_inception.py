@@ -12,8 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from diffjax.networks import inception as inc
+
+random_weights = load_script("experiments/random_weights.py")
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "inception_golden.npz")
 
@@ -26,7 +29,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def random_variables(golden):
-    sd = inc.random_pytorch_fid_state_dict(int(golden["seed"]))
+    sd = random_weights.random_pytorch_fid_state_dict(int(golden["seed"]))
     return sd, inc.variables_from_pytorch_fid_state_dict(sd)
 
 

@@ -81,6 +81,11 @@ def test_conditioning_dropout_reaches_the_network():
     )
     frac = float(jnp.mean(seen["labels"] == 10))
     assert 0.4 < frac < 0.6
+    # The loss drops labels with the exported drop_labels, on the third split of its key.
+    drop_key = jax.random.split(jax.random.key(1), 4)[2]
+    chex.assert_trees_all_equal(
+        seen["labels"], losses.drop_labels(drop_key, labels, 0.5, null_label=10)
+    )
 
 
 @pytest.mark.parametrize(

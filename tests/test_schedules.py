@@ -297,16 +297,20 @@ def test_float64_in_float64_out(name):
     with jax.enable_x64(True):
         sched = ALL_SCHEDULES[name]()  # a discrete schedule built here keeps float64 tables
         t = jnp.asarray(_times(sched), jnp.float64)
-        for method in ("alpha", "sigma", "log_snr", "alpha_bar", "log_alpha"):
-            assert getattr(sched, method)(t).dtype == jnp.float64, method
-            assert getattr(sched, method)(jnp.int32(0)).dtype == jnp.float32, method
-            assert getattr(sched, method)(t.astype(jnp.float32)).dtype == jnp.float32, method
-        lam = sched.log_snr(t)
-        assert sched.t_from_log_snr(lam).dtype == jnp.float64
-        np.testing.assert_allclose(sched.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-9 * sched.t_max)
-        a, s = np.asarray(sched.alpha(t)), np.asarray(sched.sigma(t))
+        for method in ("alpha", "sigma", "log_snr", "alpha_bar", "log_alpha", "t_from_log_snr"):
+            fn = getattr(sched, method)
+            assert jax.eval_shape(fn, t).dtype == jnp.float64, method
+            assert jax.eval_shape(fn, t.astype(jnp.float32)).dtype == jnp.float32, method
+            assert jax.eval_shape(fn, jnp.int32(0)).dtype == jnp.float32, method
+
+        def values(t):
+            lam = sched.log_snr(t)
+            return lam, sched.t_from_log_snr(lam), sched.alpha(t), sched.sigma(t)
+
+        lam, t_back, a, s = (np.asarray(v) for v in jax.jit(values)(t))
+        np.testing.assert_allclose(t_back, t, rtol=1e-9, atol=1e-9 * sched.t_max)
         np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-14)
-        np.testing.assert_allclose(np.asarray(lam), 2 * np.log(a / s), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(lam, 2 * np.log(a / s), rtol=1e-12, atol=1e-12)
 
 
 def test_float64_discrete_tables_and_closed_form():
@@ -315,16 +319,17 @@ def test_float64_discrete_tables_and_closed_form():
         assert sched.log_alphas_cumprod.dtype == jnp.float64
         n = jnp.arange(T, dtype=jnp.float64)
         np.testing.assert_allclose(
-            sched.alpha_bar(n), np.cumprod(1 - S.linear_betas()), rtol=1e-13
+            jax.jit(sched.alpha_bar)(n), np.cumprod(1 - S.linear_betas()), rtol=1e-13
         )
-        assert sched.to_continuous_time(n).dtype == jnp.float64
-        assert sched.posterior_variance(n[1:], n[:-1]).dtype == jnp.float64
+        assert jax.eval_shape(sched.to_continuous_time, n).dtype == jnp.float64
+        assert jax.eval_shape(sched.posterior_variance, n[1:], n[:-1]).dtype == jnp.float64
         explicit = S.make_schedule("linear", T, dtype=jnp.float32)
         assert explicit.log_alphas_cumprod.dtype == jnp.float32
-        assert explicit.alpha(n).dtype == jnp.float64  # a float32 table, float64 arithmetic
-        t = jnp.linspace(1e-3, 1.0, 11, dtype=jnp.float64)
-        expected = -0.25 * np.asarray(t) ** 2 * (20.0 - 0.1) - 0.5 * np.asarray(t) * 0.1
-        np.testing.assert_allclose(S.LinearVPSchedule().log_alpha(t), expected, rtol=1e-15)
+        assert jax.eval_shape(explicit.alpha, n).dtype == jnp.float64  # float32 table
+        t = np.linspace(1e-3, 1.0, 11)
+        expected = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
+        log_alpha = jax.jit(S.LinearVPSchedule().log_alpha)(jnp.asarray(t, jnp.float64))
+        np.testing.assert_allclose(log_alpha, expected, rtol=1e-15)
 
 
 # ------------------------------------------------------------------------- grids

@@ -174,8 +174,6 @@ def test_input_errors():
         cond.apply(params, x, t, jnp.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="t must be"):
         cond.apply(params, x, jnp.zeros((3,)), labels)
-    with pytest.raises(ValueError, match="conv_weight_grad"):
-        UNet(**{**TINY, "conv_weight_grad": "fast"}).apply(params, x, t, labels)
     with pytest.raises(ValueError, match="null_label"):
         _ = uncond.null_label
     with pytest.raises(ValueError, match="num_heads"):

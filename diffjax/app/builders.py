@@ -49,7 +49,6 @@ def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNe
         num_heads=model.num_heads,
         num_classes=num_classes if model.class_conditional else None,
         dtype=DTYPES[model.dtype],
-        conv_weight_grad=model.conv_weight_grad,
         remat=model.remat,
     )
 

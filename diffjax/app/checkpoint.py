@@ -157,15 +157,6 @@ def write_run_files(
         write_text_atomic(path, text)
 
 
-def prepare_workdir(
-    workdir: str, config: ml_collections.ConfigDict, run_info: dict[str, Any]
-) -> None:
-    """Checks a workdir against the config (:func:`check_workdir`), then writes its files."""
-    check_workdir(workdir, config, run_info)
-    os.makedirs(workdir, exist_ok=True)
-    write_run_files(workdir, config, run_info)
-
-
 def check_writable(directory: str) -> None:
     """Makes sure files can be created in ``directory`` (created if missing).
 

@@ -29,7 +29,10 @@ CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion")
 CHECKPOINT_DEFINING_KEYS = ("data.name",)
 # Keys of the defining sections that say how the model runs, not what it is: the same
 # parameters serve any value, so a resumed run may change them.
-CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.conv_weight_grad", "model.remat")
+CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.remat")
+# Keys older versions had and saved, that said how the model ran (never what it is); a
+# saved config that has them still loads, and they are ignored.
+REMOVED_KEYS = ("model.conv_weight_grad",)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +58,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_heads = 1
     config.model.class_conditional = True
     config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16'
-    config.model.conv_weight_grad = "auto"  # 'auto' | 'matmul' | 'stock'
     config.model.remat = False  # recompute block activations in the backward pass
 
     config.diffusion = ml_collections.ConfigDict()
@@ -379,7 +381,6 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     from diffjax.app.sampler_specs import parse_sampler
     from diffjax.data import SOURCE_NAMES, TFDS_PREFIX
     from diffjax.losses import LOSS_WEIGHTINGS, PREDICTION_TYPES
-    from diffjax.nn.conv import CONV_WEIGHT_GRAD_MODES
     from diffjax.schedules import SCHEDULE_NAMES
 
     def check(key: str, ok: Callable[[Any], bool], allowed: str) -> bool:
@@ -437,7 +438,6 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     if at_least("model.num_heads", 1) and channels_ok and mults_ok:
         _check_heads(values, problems, image_size)
     choice("model.dtype", tuple(DTYPES))
-    choice("model.conv_weight_grad", CONV_WEIGHT_GRAD_MODES)
 
     # diffusion
     timesteps_ok = at_least("diffusion.num_timesteps", 2)
@@ -579,8 +579,8 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Rebuilds a config saved with :func:`to_json` on top of the current defaults.
 
-    Unknown keys in the file are an error; keys missing from it keep their defaults,
-    so workdirs written by older versions still load.
+    Unknown keys in the file are an error; keys missing from it keep their defaults and
+    :data:`REMOVED_KEYS` are ignored, so workdirs written by older versions still load.
     """
     saved = json.loads(text)
     config = base_config()
@@ -590,6 +590,8 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 def _merge(config: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
     for name, value in saved.items():
+        if prefix + name in REMOVED_KEYS:
+            continue
         if name not in config:
             raise ValueError(f"saved config has unknown key {prefix + name!r}")
         if isinstance(config[name], ml_collections.ConfigDict):

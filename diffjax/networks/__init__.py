@@ -39,7 +39,6 @@ from diffjax.networks.inception import (
     inception_features,
     load_inception_weights,
     preprocess_images,
-    random_pytorch_fid_state_dict,
     save_inception_weights,
     variables_from_pytorch_fid_state_dict,
 )
@@ -73,7 +72,6 @@ __all__ = [
     "predict",
     "preprocess_clip_images",
     "preprocess_images",
-    "random_pytorch_fid_state_dict",
     "save_classifier",
     "save_inception_weights",
     "train_classifier",

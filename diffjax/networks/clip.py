@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax._checks import is_int
 from diffjax.networks._batching import map_padded_batches
 from diffjax.networks.clip_tokenizer import CLIPTokenizer
 from diffjax.networks.safetensors_io import read_safetensors
@@ -72,7 +73,6 @@ __all__ = [
     "clip_score",
     "clip_scores",
     "clip_text_features",
-    "init_clip_params",
     "load_clip",
     "load_clip_tokenizer",
     "params_from_hf_state_dict",
@@ -221,7 +221,7 @@ class CLIPConfig:
         vision = {k: _square(v, k) if k in ("image_size", "patch_size") else v
                   for k, v in vision.items()}
         eos = text.get("eos_token_id", CLIPTextConfig.eos_token_id)
-        if not isinstance(eos, int):
+        if not is_int(eos):
             raise ValueError(f"text eos_token_id must be one integer, got {eos!r}.")
         top = {k: d[k] for k in ("projection_dim", "logit_scale_init_value") if k in d}
         return cls(
@@ -511,36 +511,6 @@ class CLIP(nn.Module):
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
     return x / jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-
-
-def init_clip_params(config: CLIPConfig, seed: int = 0) -> dict[str, Any]:
-    """Random CLIP params drawn with numpy (for benchmarks and smoke tests, no compilation).
-
-    Kernels, embeddings and the class token are ``N(0, 0.02^2)``; layer norm scales one;
-    biases zero; ``logit_scale`` its init value. Not transformers' init scheme: only for
-    timing and shapes, never for numbers.
-
-    Args:
-      config: The model configuration.
-      seed: Seed of ``np.random.default_rng``.
-
-    Returns:
-      The ``params`` pytree of :class:`CLIP` (float32 JAX arrays).
-    """
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, shape in _param_shapes(config):
-        leaf = name.rsplit("/", 1)[-1]
-        if leaf == "scale":
-            value = np.ones(shape, np.float32)
-        elif leaf == "bias":
-            value = np.zeros(shape, np.float32)
-        elif leaf == "logit_scale":
-            value = np.full(shape, config.logit_scale_init_value, np.float32)
-        else:
-            value = 0.02 * rng.standard_normal(shape, dtype=np.float32)
-        flat[name] = jnp.asarray(value)
-    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # --------------------------------------------------------------------------------------

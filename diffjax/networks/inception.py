@@ -64,7 +64,6 @@ __all__ = [
     "load_inception_weights",
     "preprocess_images",
     "pytorch_fid_state_dict_shapes",
-    "random_pytorch_fid_state_dict",
     "save_inception_weights",
     "variables_from_pytorch_fid_state_dict",
 ]
@@ -554,38 +553,6 @@ def variables_from_pytorch_fid_state_dict(state_dict: Mapping[str, Any]) -> dict
             f"keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
         )
     return _unflatten(flat)
-
-
-def random_pytorch_fid_state_dict(seed: int) -> dict[str, np.ndarray]:
-    """A pytorch-fid state dict of random weights drawn from ``np.random.default_rng(seed)``.
-
-    For parity tests and smoke runs without the real checkpoint: the same seed gives the
-    same arrays on any machine (with the same numpy bit generator), so a torch script and
-    a JAX test can build identical networks without shipping 95 MB of weights. Keys are
-    visited in sorted order; conv weights are He-normal, fc weights ``N(0, 1/2048)``,
-    BatchNorm weight / running_var uniform in ``[0.5, 1.5]``, bias / running_mean uniform
-    in ``[-0.2, 0.2]``, which keeps activations of order one through the whole network.
-
-    Args:
-      seed: Non-negative integer seed.
-
-    Returns:
-      Mapping from pytorch-fid key to float32 array in pytorch layout.
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in pytorch_fid_state_dict_shapes().items():
-        if name.endswith("conv.weight"):
-            fan_in = int(np.prod(shape[1:]))
-            w = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-        elif name == "fc.weight":
-            w = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / np.sqrt(shape[1]))
-        elif name.endswith(("bn.weight", "running_var")):
-            w = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-        else:  # bn.bias, running_mean, fc.bias
-            w = rng.uniform(-0.2, 0.2, shape).astype(np.float32)
-        out[name] = w
-    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -28,12 +28,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.nn.conv import CONV_WEIGHT_GRAD_MODES, select_conv_general_dilated
-
 __all__ = ["UNet", "group_count", "timestep_embedding"]
 
 Dtype = Any
-ConvFn = Callable[..., jax.Array]
+# A function with the signature of ``lax.conv_general_dilated`` (None: that one).
+ConvFn = Callable[..., jax.Array] | None
 
 # DDPM's initializer (variance scaling, fan_avg, uniform); zero for the last layer of each
 # residual branch and of the network, so every block starts as the identity.
@@ -217,10 +216,10 @@ class UNet(nn.Module):
       out_channels: output channels (default: the input channels).
       dtype: compute dtype (e.g. ``jnp.bfloat16``); the output is always float32.
       param_dtype: parameter dtype.
-      conv_weight_grad: 'auto' | 'matmul' | 'stock': how convolution kernel gradients are
-        computed (see :mod:`diffjax.nn.conv`). 'auto' uses the matmul gradient only on the
-        backends in ``diffjax.nn.AUTO_MATMUL_BACKENDS`` (none with jax 0.10.2, where it
-        measured slower on CPU too); all three give the same values.
+      conv_general_dilated: the convolution every ``nn.Conv`` of the network calls, as in
+        ``flax.linen.Conv`` (None: ``lax.conv_general_dilated``). A replacement must
+        compute the same function; experiments/conv_matmul_grad.py is one, measured in
+        experiments/bench_conv_grad.py.
       remat: rematerialize each residual and attention block in the backward pass
         (``flax.linen.remat``): their activations are recomputed instead of stored, so
         training memory grows with the block count far more slowly, for about one extra
@@ -238,7 +237,7 @@ class UNet(nn.Module):
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    conv_weight_grad: str = "auto"
+    conv_general_dilated: ConvFn = None
     remat: bool = False
 
     @property
@@ -262,11 +261,6 @@ class UNet(nn.Module):
         if self.num_groups < 1 or self.num_heads < 1:
             raise ValueError(
                 f"num_groups and num_heads must be >= 1, got {self.num_groups=}, {self.num_heads=}"
-            )
-        if self.conv_weight_grad not in CONV_WEIGHT_GRAD_MODES:
-            raise ValueError(
-                f"conv_weight_grad must be one of {CONV_WEIGHT_GRAD_MODES}, "
-                f"got {self.conv_weight_grad=!r}"
             )
 
     def _check_inputs(
@@ -328,7 +322,7 @@ class UNet(nn.Module):
         """
         self._check_config()
         t, labels = self._check_inputs(x, t, labels)
-        conv_fn = select_conv_general_dilated(self.conv_weight_grad)
+        conv_fn = self.conv_general_dilated
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out_channels = self.out_channels or x.shape[-1]
         emb_dim = 4 * self.base_channels

@@ -59,9 +59,8 @@ from diffjax.parameterization import DenoiseFn
 from diffjax.samplers.driver import Sampler, concrete_value, state_dtype
 from diffjax.samplers.exponential import (
     DPM_SOLVER_TYPES,
-    DynamicThresholding,
     Marginal,
-    StaticThresholding,
+    Thresholding,
     check_exponential_grid,
     check_prediction,
     check_thresholding,
@@ -88,8 +87,6 @@ __all__ = [
     "dpm_solver_fast_timesteps",
     "dpm_solver_singlestep",
 ]
-
-Thresholding = StaticThresholding | DynamicThresholding
 
 # --------------------------------------------------------------------------------------
 # Singlestep solvers.

@@ -158,7 +158,7 @@ def check_denoised(
     return out
 
 
-def _field_values(schedule: Any) -> list[tuple[str, Any]] | None:
+def _field_values(schedule: VPSchedule) -> list[tuple[str, Any]] | None:
     """A schedule's defining values as ``(name, value)`` pairs, or None if unknown."""
     if dataclasses.is_dataclass(schedule) and not isinstance(schedule, type):
         return [(f.name, getattr(schedule, f.name)) for f in dataclasses.fields(schedule)]

@@ -57,6 +57,7 @@ __all__ = [
     "Marginal",
     "StaticThresholding",
     "StepContext",
+    "Thresholding",
     "apply_thresholding",
     "check_exponential_grid",
     "check_multistep_order",
@@ -138,6 +139,7 @@ class DynamicThresholding(NamedTuple):
 
 
 Thresholding = StaticThresholding | DynamicThresholding
+"""Either thresholding rule (the type of every sampler's ``thresholding`` option)."""
 
 
 def dynamic_threshold(x0: ArrayLike, ratio: float = 0.995, max_value: float = 1.0) -> Array:

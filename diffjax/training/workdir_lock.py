@@ -26,6 +26,8 @@ import time
 import warnings
 from typing import Any
 
+from diffjax._checks import is_int
+
 LOCK_FILE = "train.lock"
 
 
@@ -50,7 +52,7 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    if not is_int(pid) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
