@@ -367,7 +367,13 @@ def _pruned_while_reading(manager: ocp.CheckpointManager, step: int, e: BaseExce
     _retry_while_pruned(manager.reload)
     if step not in manager.all_steps() or not os.path.isdir(step_path(manager, step)):
         return True
-    missing = isinstance(e, FileNotFoundError) or "NOT_FOUND" in str(e)
+    # Retention deletes a step's item folders one by one: a read can find the step's
+    # folder with an item already gone (orbax: KeyError 'Item ... was not found').
+    missing = (
+        isinstance(e, FileNotFoundError)
+        or "NOT_FOUND" in str(e)
+        or (isinstance(e, KeyError) and "was not found in the checkpoint" in str(e))
+    )
     return missing and max(manager.all_steps()) > step
 
 
