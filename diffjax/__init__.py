@@ -2,9 +2,10 @@
 
 Primitives, pure functions of arrays and pytrees:
 
-* VP noise schedules, discrete and continuous, and timestep grids
-  (:mod:`diffjax.schedules`: :func:`make_schedule`, :class:`DiscreteSchedule`,
-  :class:`LinearVPSchedule`, :class:`CosineVPSchedule`);
+* VP noise schedules, discrete and continuous, under one contract
+  (:class:`VPSchedule`), and timestep grids (:mod:`diffjax.schedules`:
+  :func:`make_schedule`, :class:`DiscreteSchedule`, :class:`LinearVPSchedule`,
+  :class:`CosineVPSchedule`);
 * eps / x0 / v parameterizations and the denoiser wrapper (:func:`make_denoiser`);
   classifier-free guidance (:func:`classifier_free_guidance`);
 * the training objective: :func:`diffusion_loss` with uniform or Min-SNR weighting and
@@ -14,7 +15,8 @@ Primitives, pure functions of arrays and pytrees:
   declares its network-evaluation count and order: :func:`ddpm`, :func:`ddim` (and
   :func:`ddim_inversion`), DPM-Solver and DPM-Solver++ (:func:`dpm_solver_singlestep`,
   :func:`dpm_solver_multistep`, :func:`dpm_solver_fast`), :func:`unipc` and
-  :func:`edm_heun` (with :func:`karras_sigmas`);
+  :func:`edm_heun` (with :func:`karras_sigmas`); x0 clipping by
+  :class:`StaticThresholding` or :class:`DynamicThresholding`;
 * the ADM-style :class:`UNet` (:mod:`diffjax.nn`), evaluation networks (FID InceptionV3,
   CLIP, a digits classifier: :mod:`diffjax.networks`), metric formulas (FID, KID,
   precision/recall, density/coverage, memorization: :mod:`diffjax.metrics`) and the
@@ -22,9 +24,10 @@ Primitives, pure functions of arrays and pytrees:
 
 Applications (:mod:`diffjax.app`), which take a config, a workdir or a sampler name:
 :func:`train` (the loop, with verified checkpoints) and :func:`load_trained`;
-:func:`generate`, which takes a sampler spec or name such as ``'dpm++2m@logsnr'``
-(:mod:`diffjax.app.sampler_specs`); evaluation, sweeps and the ``diffjax`` command
-(``python -m diffjax.app.cli``). Names are imported on first use.
+:func:`generate`, which takes a :class:`SamplerSpec` or a name such as
+``'dpm++2m@logsnr'`` (:func:`parse_sampler`, :mod:`diffjax.app.sampler_specs`);
+evaluation, sweeps and the ``diffjax`` command (``python -m diffjax.app.cli``). Names are
+imported on first use.
 """
 
 from typing import TYPE_CHECKING
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.app.builders import build_denoiser, build_schedule, build_unet, init_params
     from diffjax.app.config import apply_overrides, base_config, digits_config, load_config
     from diffjax.app.generate import generate, make_sampler
+    from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
     from diffjax.app.train import load_trained, train
     from diffjax.guidance import classifier_free_guidance
     from diffjax.losses import diffusion_loss, drop_labels, loss_weight
@@ -52,6 +56,7 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.samplers import (
         DynamicThresholding,
         Sampler,
+        StaticThresholding,
         ddim,
         ddim_inversion,
         ddpm,
@@ -68,6 +73,7 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
         CosineVPSchedule,
         DiscreteSchedule,
         LinearVPSchedule,
+        VPSchedule,
         cosine_betas,
         leading_timesteps,
         linear_betas,
@@ -94,6 +100,8 @@ _LAZY = {
     "digits_config": "diffjax.app.config",
     "load_config": "diffjax.app.config",
     "generate": "diffjax.app.generate",
+    "SamplerSpec": "diffjax.app.sampler_specs",
+    "parse_sampler": "diffjax.app.sampler_specs",
     "make_sampler": "diffjax.app.generate",
     "classifier_free_guidance": "diffjax.guidance",
     "diffusion_loss": "diffjax.losses",
@@ -109,6 +117,7 @@ _LAZY = {
     "x0_eps_to_v": "diffjax.parameterization",
     "x0_to_eps": "diffjax.parameterization",
     "DynamicThresholding": "diffjax.samplers",
+    "StaticThresholding": "diffjax.samplers",
     "Sampler": "diffjax.samplers",
     "ddim": "diffjax.samplers",
     "ddim_inversion": "diffjax.samplers",
@@ -123,6 +132,7 @@ _LAZY = {
     "unipc": "diffjax.samplers",
     "CosineVPSchedule": "diffjax.schedules",
     "DiscreteSchedule": "diffjax.schedules",
+    "VPSchedule": "diffjax.schedules",
     "LinearVPSchedule": "diffjax.schedules",
     "cosine_betas": "diffjax.schedules",
     "leading_timesteps": "diffjax.schedules",
@@ -153,8 +163,11 @@ __all__ = [
     "DynamicThresholding",
     "LinearVPSchedule",
     "Sampler",
+    "SamplerSpec",
+    "StaticThresholding",
     "TrainState",
     "UNet",
+    "VPSchedule",
     "apply_overrides",
     "base_config",
     "build_denoiser",
@@ -188,6 +201,7 @@ __all__ = [
     "make_sampler",
     "make_schedule",
     "make_train_step",
+    "parse_sampler",
     "quadratic_timesteps",
     "sample",
     "scaled_linear_betas",

@@ -41,6 +41,25 @@ def test_sample_writes_png_and_npz(workdir, tmp_path):
     assert png.shape[0] > 8 and png.shape[1] > 8
 
 
+def test_sample_defaults_to_the_runs_sampling_config(workdir, tmp_path):
+    # A run whose config says DPM-Solver++(2M), 3 steps: `sample` without --sampler and
+    # --steps uses them, so it equals the explicit command (DDIM-50, the old fixed
+    # default, would not).
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    config["sampling"].update(sampler="dpm++2m", num_steps=3)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(config, f)
+    args = ["sample", "--workdir", run, "--labels", "2", "--num-per-label", "2"]
+    assert main([*args, "--out", f"{tmp_path}/default.png"]) == 0
+    assert main([*args, "--sampler", "dpm++2m", "--steps", "3",
+                 "--out", f"{tmp_path}/explicit.png"]) == 0
+    np.testing.assert_array_equal(np.load(f"{tmp_path}/default.npz")["images"],
+                                  np.load(f"{tmp_path}/explicit.npz")["images"])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

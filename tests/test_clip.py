@@ -338,15 +338,18 @@ def test_bad_inputs_are_clear_errors(tmp_path, monkeypatch, golden, clip):
     sd = read_safetensors(os.path.join(MODEL_DIR, "model.safetensors"))
     key = "text_model.encoder.layers.1.mlp.fc2.weight"
     write_safetensors(tmp_path / "model.safetensors", {**sd, key: sd[key].T})
-    with pytest.raises(ValueError, match=rf"{key}: expected shape \(12, 19\).*got \(19, 12\)"):
+    with pytest.raises(ValueError,
+                       match=rf"tensor '{key}' has shape \(19, 12\), but the config "
+                       r"needs \(12, 19\)"):
         C.load_clip()
     write_safetensors(tmp_path / "model.safetensors", {k: v for k, v in sd.items() if k != key})
-    with pytest.raises(KeyError, match=rf"1 missing keys \['{key}'\]"):
+    with pytest.raises(KeyError, match=rf"1 tensors missing: {key}'$"):
         C.load_clip()
     extra = {**sd, "text_model.embeddings.position_ids": np.arange(16)[None],
              "text_model.pooler.weight": np.zeros(3, np.float32)}
     write_safetensors(tmp_path / "model.safetensors", extra)
-    with pytest.raises(KeyError, match=r"1 unexpected keys \['text_model.pooler.weight'\]"):
+    with pytest.raises(KeyError,
+                       match=r"1 tensors the config has no place for: text_model.pooler.weight'$"):
         C.load_clip()  # position_ids buffers (old checkpoints) are ignored, others are not
     # float16 checkpoints load as float32.
     write_safetensors(tmp_path / "model.safetensors",

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import signal
 
 import matplotlib.image
 import numpy as np
@@ -115,3 +116,25 @@ def test_report_includes_the_pareto_frontier(report):
         assert f"]({plot})" in text and os.path.isfile(os.path.join(workdir, plot))
     # The evaluation classifier is the one `diffjax evaluate` / `diffjax pareto` use.
     assert os.path.isfile(os.path.join(workdir, "model", "eval", "digits_classifier.msgpack"))
+
+
+def test_a_preempted_demo_keeps_its_step_and_samples_nothing(tmp_path, monkeypatch):
+    # SIGTERM right after the checkpoint of step 2 is written: training saves the step it
+    # reaches (3) and stops; the demo must then return without sampling (it used to go on
+    # and fail on a model it had not finished). Resuming is `train`'s, tested there.
+    from diffjax.app import checkpoint as ckpt
+
+    real_save = ckpt.save
+
+    def save_then_sigterm(manager, step, *args, **kwargs):
+        real_save(manager, step, *args, **kwargs)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ckpt, "save", save_then_sigterm)
+    workdir = str(tmp_path)
+    overrides = ["training.num_steps=4", "training.checkpoint_every=2"]
+    assert run_demo(workdir, variant="tiny", overrides=overrides, pareto_samplers=()) is None
+    checkpoints = os.path.join(workdir, "model", "checkpoints")
+    assert sorted(os.listdir(checkpoints)) == ["2", "3"]
+    assert sorted(os.listdir(workdir)) == ["model"]  # no report, no grid

@@ -4,7 +4,8 @@
   public names load on first use (``diffjax._lazy``).
 - The primitives (``diffjax.samplers``, ``diffjax.schedules``) load JAX and nothing of the
   application stack (checkpoints, input pipelines, plots, datasets).
-- ``diffjax.app.cli`` parses its arguments before it loads JAX.
+- ``diffjax.app.cli`` parses its arguments, and ``diffjax.app.config`` validates a config,
+  before either loads JAX.
 - No primitive module imports ``diffjax.app`` (checked on the source, every import
   statement, function-local ones included).
 
@@ -40,6 +41,7 @@ PRIMITIVES = (
     "networks",
     "data",
     "training",
+    "stable_diffusion",
 )
 
 
@@ -70,6 +72,9 @@ def _loaded_top_level(module: str) -> list[str]:
         ("diffjax.samplers", APP_STACK),
         ("diffjax.schedules", APP_STACK),
         ("diffjax.app.cli", ("jax",)),
+        # Config validation runs before JAX loads; the UNet's group arithmetic with it.
+        ("diffjax.app.config", HEAVY),
+        ("diffjax.nn.groups", HEAVY),
     ],
 )
 def test_import_loads_no_heavy_module(module, forbidden):

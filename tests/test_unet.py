@@ -1,6 +1,7 @@
 """The DDPM/ADM UNet: parameter count, shapes, dtypes, dropout, conditioning, errors."""
 
 import functools
+import warnings
 
 import chex
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffjax.nn import UNet, group_count, timestep_embedding
+from diffjax.nn import UNet, embedding_erasing_widths, group_count, timestep_embedding
 
 # Tiny class-conditional config used by most tests (8x8x1 inputs, attention at 4x4).
 TINY = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
@@ -148,6 +149,33 @@ def test_class_conditioning_and_null_label():
     y_mixed = apply(params, x, t, jnp.array([0, 1]))
     chex.assert_trees_all_close(y_mixed[0], y0[0], rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(y_mixed[1], y1[1], rtol=1e-5, atol=1e-5)
+
+
+def test_an_added_embedding_is_erased_at_one_channel_per_group_unless_it_scales_and_shifts():
+    # 8 channels in 8 groups: GroupNorm subtracts each channel's mean, which is exactly
+    # the constant an added embedding contributes. Scale-shift after the norm keeps it.
+    x, t = _inputs()
+    config = dict(base_channels=8, channel_mults=(1,), num_res_blocks=1,
+                  attention_resolutions=(), num_groups=8, dropout=0.0, num_classes=3)
+    labels, other_labels, other_t = jnp.array([0, 0]), jnp.array([1, 1]), t + 300.0
+    changes = {}
+    for scale_shift in (False, True):
+        model = UNet(**config, scale_shift_norm=scale_shift)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params = _random_params(model, x, t, labels)
+        erased_warning = [w for w in caught if "one channel per GroupNorm group" in str(w.message)]
+        assert bool(erased_warning) == (not scale_shift), [str(w.message) for w in caught]
+        y = model.apply(params, x, t, labels)
+        changes[scale_shift] = (
+            float(jnp.max(jnp.abs(model.apply(params, x, t, other_labels) - y))),
+            float(jnp.max(jnp.abs(model.apply(params, x, other_t, labels) - y))),
+        )
+    assert max(changes[False]) < 1e-4, changes  # neither labels nor t reach the output
+    assert min(changes[True]) > 1e-2, changes  # both do
+    assert embedding_erasing_widths(8, (1,), 8) == [8]
+    assert embedding_erasing_widths(32, (1, 2), 32) == [32]
+    assert embedding_erasing_widths(128, (1, 2, 2, 2), 32) == []
 
 
 def test_input_errors():

@@ -49,6 +49,7 @@ def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNe
         num_heads=model.num_heads,
         num_classes=num_classes if model.class_conditional else None,
         dtype=DTYPES[model.dtype],
+        scale_shift_norm=model.scale_shift_norm,
         remat=model.remat,
     )
 

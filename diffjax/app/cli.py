@@ -20,7 +20,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # JAX and the library are imported inside the commands, so that `main` can take over
 # SIGTERM / SIGINT (see diffjax.training.preemption.defer_signals) before the seconds of
@@ -110,6 +110,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from diffjax.files import atomic_output, write_npz_atomic
 
     # Argument checks come before anything is loaded (or compiled).
+    sampling = _fill_sampling_defaults(args)
     if args.num_per_label < 1:
         raise ValueError(f"--num-per-label={args.num_per_label} must be >= 1")
     if args.upscale < 1:
@@ -135,6 +136,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         guidance_rescale=args.guidance_rescale,
         guidance_interval=parse_guidance_interval(args.guidance_interval),
         eta=args.eta,
+        clip_x0=sampling.clip_x0,
         p_uncond=config.diffusion.p_uncond,
     )
     samples = np.asarray(samples)
@@ -153,6 +155,30 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(samples)} samples to {out} and {npz}")
 
 
+def _fill_sampling_defaults(args: argparse.Namespace) -> Any:
+    """Sets ``--sampler``, ``--steps`` and ``--eta`` left out to the run's ``config.sampling``.
+
+    Reads only the workdir's ``config.json`` (nothing is loaded or written).
+
+    Returns:
+      The run's ``config.sampling`` section.
+
+    Raises:
+      FileNotFoundError: the workdir has no ``config.json``.
+    """
+    from diffjax.app.checkpoint import read_config
+    from diffjax.app.sampler_specs import parse_sampler
+
+    sampling = read_config(args.workdir).sampling
+    if args.sampler is None:
+        args.sampler = parse_sampler(sampling.sampler)
+    if args.steps is None:
+        args.steps = sampling.num_steps
+    if getattr(args, "eta", 0.0) is None:
+        args.eta = sampling.eta
+    return sampling
+
+
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
     """Trains the digits model, samples a grid and prints the fidelity report."""
     from diffjax.app.demo import format_report, run_demo
@@ -163,6 +189,8 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> None:
         variant=args.variant,
         num_per_class=args.num_per_class,
     )
+    if report is None:  # training was preempted and said so; the same command resumes
+        return
     print(format_report(report))
     print(f"report and samples in {args.workdir}/")
 
@@ -217,6 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     # evaluation classifier and cache reference features in WORKDIR/eval/.
     check_num_samples(args.num_samples, args.features)
     _check_eval_arguments(args)
+    _fill_sampling_defaults(args)
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be >= 1")
     scales = _guidance_scales(args.guidance, None)
@@ -343,17 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
-    sample.add_argument("--sampler", default="ddim", type=_sampler_name, help=_sampler_help())
-    sample.add_argument("--steps", type=int, default=50,
+    sample.add_argument("--sampler", default=None, type=_sampler_name,
+                        help=_sampler_help() + "; default: the run's config.sampling.sampler")
+    sample.add_argument("--steps", type=int, default=None,
                         help="solver steps ('dpm-fast': network calls; 'edm-heun': Karras "
-                        "noise levels, 2 * steps - 1 calls)")
+                        "noise levels, 2 * steps - 1 calls); default: the run's "
+                        "config.sampling.num_steps")
     sample.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale w (omit for none)")
     sample.add_argument("--guidance-rescale", type=float, default=0.0,
                         help="guidance rescale factor in [0, 1] (Lin et al. 2024)")
     sample.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                         help="apply guidance only for model timesteps LO <= t <= HI")
-    sample.add_argument("--eta", type=float, default=0.0)
+    sample.add_argument("--eta", type=float, default=None,
+                        help="DDIM-family noise level; default: the run's config.sampling.eta")
     sample.add_argument("--labels", default=None, help="comma-separated class labels")
     sample.add_argument("--num-per-label", type=int, default=10)
     sample.add_argument("--seed", type=int, default=0)
@@ -370,8 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler"
     )
     _add_eval_arguments(evaluate)
-    evaluate.add_argument("--sampler", default="ddim", type=_sampler_name, help=_sampler_help())
-    evaluate.add_argument("--steps", type=int, default=50)
+    evaluate.add_argument("--sampler", default=None, type=_sampler_name,
+                          help=_sampler_help() + "; default: the run's config.sampling.sampler")
+    evaluate.add_argument("--steps", type=int, default=None,
+                          help="solver steps; default: the run's config.sampling.num_steps")
     evaluate.add_argument("--guidance", default=None,
                           help="guidance scale w or 'none' (default: the run's config)")
     evaluate.add_argument("--reference-stats", default=None,

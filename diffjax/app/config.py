@@ -23,6 +23,8 @@ from typing import Any
 
 import ml_collections
 
+from diffjax.nn.groups import DEFAULT_NUM_GROUPS, embedding_erasing_widths
+
 # Keys that define what a checkpoint contains; a run resumed with different values
 # would load parameters that mean something else.
 CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion")
@@ -33,6 +35,10 @@ CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.remat")
 # Keys older versions had and saved, that said how the model ran (never what it is); a
 # saved config that has them still loads, and they are ignored.
 REMOVED_KEYS = ("model.conv_weight_grad",)
+# Keys newer versions added, with the value that the behaviour of the versions before
+# them had: a saved config without one loads with that value, not the new default, so
+# an older workdir's checkpoint still matches its model.
+ADDED_KEYS = {"model.scale_shift_norm": False}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -57,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dropout = 0.1
     config.model.num_heads = 1
     config.model.class_conditional = True
+    # The time/class embedding scales and shifts each residual block's second GroupNorm
+    # (ADM) instead of being added before it (DDPM); an added one is erased at widths
+    # of at most 32 channels (one channel per GroupNorm group), which validation refuses.
+    config.model.scale_shift_norm = True
     config.model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16'
     config.model.remat = False  # recompute block activations in the backward pass
 
@@ -165,6 +175,7 @@ def make_tiny(config: ml_collections.ConfigDict, image_size: int = 0) -> ml_coll
     config.model.attention_resolutions = ()
     config.model.dropout = 0.0
     config.model.num_heads = 1
+    config.model.scale_shift_norm = True  # 8 channels: an added embedding would be erased
     config.optim.warmup_steps = 2
     config.training.batch_size = 8
     config.training.num_steps = 8
@@ -437,6 +448,8 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     check("model.dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
     if at_least("model.num_heads", 1) and channels_ok and mults_ok:
         _check_heads(values, problems, image_size)
+    if channels_ok and mults_ok and "model.scale_shift_norm" in values:
+        _check_embedding(values, problems)
     choice("model.dtype", tuple(DTYPES))
 
     # diffusion
@@ -498,6 +511,23 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
         )
     check("sampling.eta", lambda v: v >= 0, "a float >= 0")
     check("sampling.clip_x0", lambda v: v is None or v > 0, "a float > 0, or None for no clipping")
+
+
+def _check_embedding(values: dict[str, Any], problems: list[str]) -> None:
+    """An embedding added before GroupNorm must survive it at every residual-block width."""
+    if values["model.scale_shift_norm"]:
+        return
+    erased = embedding_erasing_widths(
+        values["model.base_channels"], values["model.channel_mults"], DEFAULT_NUM_GROUPS
+    )
+    if erased:
+        problems.append(
+            f"model.scale_shift_norm=False: residual blocks of width {erased} have one "
+            f"channel per GroupNorm group ({DEFAULT_NUM_GROUPS} groups), which removes an "
+            "added time/class embedding, so the model would ignore t and labels there; set "
+            "model.scale_shift_norm=True (or model.base_channels so that every level has "
+            f"more than {DEFAULT_NUM_GROUPS} channels)"
+        )
 
 
 def _check_heads(values: dict[str, Any], problems: list[str], image_size: int | None) -> None:
@@ -579,11 +609,16 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Rebuilds a config saved with :func:`to_json` on top of the current defaults.
 
-    Unknown keys in the file are an error; keys missing from it keep their defaults and
-    :data:`REMOVED_KEYS` are ignored, so workdirs written by older versions still load.
+    Unknown keys in the file are an error; keys missing from it keep their defaults (the
+    :data:`ADDED_KEYS` their older behaviour) and :data:`REMOVED_KEYS` are ignored, so
+    workdirs written by older versions still load as the same model.
     """
     saved = json.loads(text)
     config = base_config()
+    for key, legacy in ADDED_KEYS.items():
+        section, name = key.rsplit(".", 1)
+        if name not in saved.get(section, {}):
+            config[section][name] = legacy
     _merge(config, saved, "")
     return config
 

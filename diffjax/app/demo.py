@@ -82,7 +82,7 @@ def run_demo(
     pareto_samplers: Sequence[str | SamplerSpec] = DEFAULT_PARETO_SAMPLERS,
     pareto_nfes: Sequence[int] = DEFAULT_PARETO_NFES,
     pareto_num_samples: int = 250,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Runs the whole demo and writes ``report.json``, ``report.md`` and a sample grid.
 
     Args:
@@ -100,15 +100,18 @@ def run_demo(
       pareto_num_samples: N of the sweep's FID@N, at the config's guidance scale.
 
     Returns:
-      The report as a dict.
+      The report as a dict; None when training was preempted (SIGTERM / SIGINT): the
+      step reached is saved, nothing is sampled, and the same call resumes.
     """
     specs = [parse_sampler(name) for name in pareto_samplers]  # refused before training
     config = digits_config(variant)
     apply_overrides(config, overrides)
     model_dir = os.path.join(workdir, "model")
     start = time.perf_counter()
-    train(config, model_dir)
+    state = train(config, model_dir)
     train_seconds = time.perf_counter() - start
+    if int(jax.device_get(state.step)) < config.training.num_steps:
+        return None  # preempted; `train` said so and saved the step it reached
 
     ctx = load_evaluation_context(model_dir, seed=seed)
     clf = ctx.classifier

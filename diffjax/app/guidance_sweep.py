@@ -30,9 +30,6 @@ References:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -43,6 +40,7 @@ import numpy as np
 from diffjax.app import images
 from diffjax.app.evaluate import EvalContext, evaluate_samples
 from diffjax.app.generate import generate
+from diffjax.app.reports import METRIC_COLUMNS, write_rows
 from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
 from diffjax.files import write_figure_atomic, write_text_atomic
 from diffjax.schedules import DiscreteSchedule
@@ -66,16 +64,7 @@ GUIDANCE_COLUMNS = (
     "sampler",
     "num_steps",
     "nfe",
-    "num_samples",
-    "features",
-    "fid",
-    "kid_mean",
-    "kid_std",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "class_agreement",
+    *METRIC_COLUMNS,
 )
 """Columns of ``guidance.csv``, in order (``guidance.json`` holds every field)."""
 
@@ -235,16 +224,6 @@ def _variant_name(rescale: float, interval: tuple[float, float] | None) -> str:
     return ", ".join(parts) or "plain"
 
 
-def _cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, list):
-        return ",".join(f"{x:g}" for x in v)
-    return v
-
-
 def write_guidance_sweep(
     out_dir: str | os.PathLike[str],
     rows: Sequence[Mapping[str, Any]],
@@ -253,24 +232,20 @@ def write_guidance_sweep(
 ) -> tuple[str, str, str]:
     """Writes ``guidance.csv``, ``guidance.json`` and ``guidance.md`` to ``out_dir``.
 
-    Each file is written atomically. The JSON holds ``meta`` and every field of every
+    Each file is written atomically (:func:`~diffjax.app.reports.write_rows`: NaN is an
+    empty CSV cell and JSON ``null``). The JSON holds ``meta`` and every field of every
     row; the CSV the :data:`GUIDANCE_COLUMNS`; the Markdown file the table of
     :func:`format_guidance_table`.
 
     Returns:
       The three paths.
     """
-    out_dir = os.fspath(out_dir)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(GUIDANCE_COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in GUIDANCE_COLUMNS])
-    paths = tuple(os.path.join(out_dir, f"guidance.{ext}") for ext in ("csv", "json", "md"))
-    write_text_atomic(paths[0], buf.getvalue())
-    payload = {**(meta or {}), "rows": [dict(r) for r in rows]}
-    write_text_atomic(paths[1], json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(paths[2], format_guidance_table(rows))
+    csv_path, json_path = write_rows(
+        out_dir, rows, meta=meta, name="guidance", columns=GUIDANCE_COLUMNS
+    )
+    md_path = os.path.join(os.fspath(out_dir), "guidance.md")
+    write_text_atomic(md_path, format_guidance_table(rows))
+    paths = (csv_path, json_path, md_path)
     return paths
 
 

@@ -21,6 +21,7 @@ from diffjax.files import write_figure_atomic, write_text_atomic
 from diffjax.metrics.pareto import pareto_front, row_value
 
 __all__ = [
+    "METRIC_COLUMNS",
     "PARETO_COLUMNS",
     "format_pareto_table",
     "plot_quality_vs_nfe",
@@ -28,12 +29,7 @@ __all__ = [
     "write_rows",
 ]
 
-PARETO_COLUMNS = (
-    "sampler",
-    "nfe_target",
-    "nfe",
-    "num_steps",
-    "guidance_scale",
+METRIC_COLUMNS = (
     "num_samples",
     "features",
     "fid",
@@ -44,6 +40,16 @@ PARETO_COLUMNS = (
     "density",
     "coverage",
     "class_agreement",
+)
+"""The columns of one evaluation (``evaluate_samples``' fields), in every sweep's CSV."""
+
+PARETO_COLUMNS = (
+    "sampler",
+    "nfe_target",
+    "nfe",
+    "num_steps",
+    "guidance_scale",
+    *METRIC_COLUMNS,
     "seconds_per_image",
     "compile_seconds",
     "num_nonfinite",
@@ -58,6 +64,8 @@ def _csv_cell(v: Any) -> Any:
         return ""
     if isinstance(v, float):
         return f"{v:.6g}"
+    if isinstance(v, list | tuple):
+        return ",".join(f"{x:g}" for x in v)
     return v
 
 

@@ -59,6 +59,7 @@ from diffjax._checks import is_int
 from diffjax.networks._batching import map_padded_batches
 from diffjax.networks.clip_tokenizer import CLIPTokenizer
 from diffjax.networks.safetensors_io import read_safetensors
+from diffjax.networks.torch_layout import TorchParam, params_from_state_dict, state_dict_shapes
 
 __all__ = [
     "CLIP",
@@ -339,13 +340,21 @@ class CLIPEncoder(nn.Module):
     precision: Any = "highest"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(B, L, D) -> (B, L, D)``."""
+    def __call__(
+        self, x: jax.Array, output_hidden_states: bool = False
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, ...]]:
+        """``(B, L, D) -> (B, L, D)``.
+
+        With ``output_hidden_states``, also the tuple of every layer's input and the last
+        output (``num_hidden_layers + 1`` arrays), as transformers' ``hidden_states``.
+        """
         c = self.config
+        states = [x]
         for i in range(c.num_hidden_layers):
             layer = _EncoderLayer(c, self.causal, self.precision, name=f"layers_{i}")
             x = layer(x)
-        return x
+            states.append(x)
+        return (x, tuple(states)) if output_hidden_states else x
 
 
 class _EncoderLayer(nn.Module):
@@ -430,8 +439,15 @@ class CLIPTextTransformer(nn.Module):
     precision: Any = "highest"
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array) -> dict[str, jax.Array]:
-        """Runs the tower on ``(B, L)`` ids, ``L <= max_position_embeddings``."""
+    def __call__(
+        self, input_ids: jax.Array, output_hidden_states: bool = False
+    ) -> dict[str, Any]:
+        """Runs the tower on ``(B, L)`` ids, ``L <= max_position_embeddings``.
+
+        With ``output_hidden_states``, the dict also holds ``"hidden_states"``: the
+        embeddings and every layer's output, ``num_hidden_layers + 1`` arrays ``(B, L, D)``
+        before ``final_layer_norm`` (transformers' ``output_hidden_states=True``).
+        """
         c = self.config
         if input_ids.ndim != 2 or input_ids.shape[1] > c.max_position_embeddings:
             raise ValueError(
@@ -439,13 +455,18 @@ class CLIPTextTransformer(nn.Module):
                 f"{c.max_position_embeddings}, got shape {input_ids.shape}."
             )
         x = _TextEmbeddings(c, name="embeddings")(input_ids)
-        x = CLIPEncoder(c, causal=True, precision=self.precision, name="encoder")(x)
+        x, states = CLIPEncoder(c, causal=True, precision=self.precision, name="encoder")(
+            x, output_hidden_states=True
+        )
         x = _layer_norm(c.layer_norm_eps, "final_layer_norm")(x)
         if c.pooling == "legacy_argmax":
             pooled = pool_legacy_argmax(x, input_ids)
         else:
             pooled = pool_first_eos(x, input_ids, c.eos_token_id)
-        return {"last_hidden_state": x, "pooler_output": pooled}
+        out = {"last_hidden_state": x, "pooler_output": pooled}
+        if output_hidden_states:
+            out["hidden_states"] = states
+        return out
 
 
 class CLIP(nn.Module):
@@ -527,27 +548,19 @@ def _param_shapes(config: CLIPConfig) -> tuple[tuple[str, tuple[int, ...]], ...]
     return tuple((k, tuple(v.shape)) for k, v in flat.items())
 
 
-def _hf_name(flax_name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray] | None]:
-    """HF key of a Flax param path, and the transform from the HF to the Flax layout."""
+def _hf_param(flax_name: str) -> TorchParam:
+    """The transformers ``CLIPModel`` tensor of a Flax param path, and its layout."""
     *path, leaf = flax_name.split("/")
     path = [f"layers.{p.removeprefix('layers_')}" if p.startswith("layers_") else p
             for p in path]
-    transform = None
+    layout = "same"
     if leaf == "kernel" and path[-1] == "patch_embedding":
-        leaf, transform = "weight", lambda w: np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+        leaf, layout = "weight", "conv"
     elif leaf == "kernel":
-        leaf, transform = "weight", np.transpose  # Linear (out, in) -> Dense (in, out)
+        leaf, layout = "weight", "linear"
     elif leaf in ("scale", "embedding"):
         leaf = "weight"
-    return ".".join([*path, leaf]), transform
-
-
-def _hf_shape(flax_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if flax_name.endswith("patch_embedding/kernel"):
-        return (shape[3], shape[2], shape[0], shape[1])
-    if flax_name.endswith("kernel"):
-        return shape[::-1]
-    return shape
+    return TorchParam(".".join([*path, leaf]), layout)
 
 
 def clip_hf_state_dict_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
@@ -556,7 +569,7 @@ def clip_hf_state_dict_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
     Computed with ``jax.eval_shape`` (no memory, no compilation). Non-persistent
     ``position_ids`` buffers are not included.
     """
-    return {_hf_name(k)[0]: _hf_shape(k, s) for k, s in _param_shapes(config)}
+    return state_dict_shapes(dict(_param_shapes(config)), _hf_param)
 
 
 def params_from_hf_state_dict(
@@ -578,29 +591,11 @@ def params_from_hf_state_dict(
       KeyError: On missing or unexpected keys (listed).
       ValueError: On a shape mismatch (the key, the expected and the found shape).
     """
-    sd = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
-    flat, missing = {}, []
-    for flax_name, shape in _param_shapes(config):
-        hf_name, transform = _hf_name(flax_name)
-        if hf_name not in sd:
-            missing.append(hf_name)
-            continue
-        value = np.asarray(sd[hf_name])
-        if value.shape != _hf_shape(flax_name, shape):
-            raise ValueError(
-                f"CLIP weight {hf_name}: expected shape {_hf_shape(flax_name, shape)} for this "
-                f"config, got {value.shape}."
-            )
-        value = value.astype(np.float32)
-        flat[flax_name] = np.asarray(transform(value) if transform else value, order="C")
-    unexpected = sorted(set(sd) - {_hf_name(k)[0] for k in flat})
-    if missing or unexpected:
-        raise KeyError(
-            f"Not a transformers CLIPModel state dict for this config: {len(missing)} missing "
-            f"keys {missing[:5]}{'...' if len(missing) > 5 else ''}, {len(unexpected)} "
-            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
-        )
-    return traverse_util.unflatten_dict(flat, sep="/")
+    return params_from_state_dict(
+        state_dict, dict(_param_shapes(config)), _hf_param,
+        what="CLIP weights (a transformers CLIPModel state dict)",
+        ignore=lambda name: name.endswith("position_ids"),
+    )
 
 
 def _weights_dir(path: str | os.PathLike[str] | None) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -50,6 +50,7 @@ import numpy as np
 
 from diffjax.files import write_npz_atomic
 from diffjax.networks._batching import map_padded_batches
+from diffjax.networks.torch_layout import flatten_params, unflatten_params
 
 __all__ = [
     "FEATURE_DIM",
@@ -437,27 +438,7 @@ def inception_variable_shapes() -> dict[str, tuple[int, ...]]:
 def _variable_shapes() -> tuple[tuple[str, tuple[int, ...]], ...]:
     x = jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
     tree = jax.eval_shape(lambda x: FIDInceptionV3().init(jax.random.key(0), x), x)
-    return tuple((k, tuple(v.shape)) for k, v in _flatten(tree))
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            yield from _flatten(value, name)
-        else:
-            yield name, value
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    return tuple((k, tuple(v.shape)) for k, v in flatten_params(tree).items())
 
 
 # Flax variable (collection, leaf) -> (pytorch-fid suffix, transform to Flax layout).
@@ -552,7 +533,7 @@ def variables_from_pytorch_fid_state_dict(state_dict: Mapping[str, Any]) -> dict
             f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(unexpected)} unexpected "
             f"keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
         )
-    return _unflatten(flat)
+    return unflatten_params(flat)
 
 
 # --------------------------------------------------------------------------------------
@@ -566,7 +547,7 @@ def save_inception_weights(path: str | os.PathLike[str], variables: Mapping[str,
       path: Destination file (``.npz`` is appended when missing), written atomically.
       variables: ``{"params": ..., "batch_stats": ...}``.
     """
-    flat = {k: np.asarray(v, np.float32) for k, v in _flatten(variables)}
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_params(variables).items()}
     _check_flat(flat, str(path))
     write_npz_atomic(path, **{_FORMAT_KEY: np.array(f"{_FORMAT}.v{_VERSION}")}, **flat)
 
@@ -622,7 +603,7 @@ def load_inception_weights(path: str | os.PathLike[str] | None = None) -> dict[s
     if fmt is not None and not fmt.startswith(_FORMAT):
         raise ValueError(f"{path!r} holds {fmt!r}, not {_FORMAT!r} weights.")
     _check_flat(flat, path)
-    return _unflatten({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+    return unflatten_params({k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
 
 
 def convert_pytorch_fid_checkpoint(

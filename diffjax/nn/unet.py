@@ -4,7 +4,9 @@ Architecture of Ho et al. (2020), appendix B, with the class conditioning of Dha
 Nichol (2021): a sinusoidal embedding of the model time, an MLP to ``4 * base_channels``,
 plus (optionally) a learned class embedding with one extra row, the null class used for
 classifier-free guidance (Ho & Salimans, 2022). Residual blocks
-(GroupNorm-swish-conv, + projected embedding, GroupNorm-swish-dropout-conv, 1x1 skip),
+(GroupNorm-swish-conv, + projected embedding, GroupNorm-swish-dropout-conv, 1x1 skip;
+or, with ``scale_shift_norm``, the embedding as a scale and shift after the second
+GroupNorm, as in Dhariwal & Nichol's ADM),
 self-attention at chosen resolutions, strided-conv downsampling, a middle block
 (res, attn, res), an up path with ``num_res_blocks + 1`` blocks per level that each take
 one skip connection, nearest-neighbour upsampling + conv, and a final
@@ -21,6 +23,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNet", "group_count", "timestep_embedding"]
+from diffjax.nn.groups import DEFAULT_NUM_GROUPS, embedding_erasing_widths, group_count
+
+__all__ = ["UNet", "timestep_embedding"]
 
 Dtype = Any
 # A function with the signature of ``lax.conv_general_dilated`` (None: that one).
@@ -65,14 +70,6 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     return emb
 
 
-def group_count(channels: int, num_groups: int) -> int:
-    """Largest divisor of ``channels`` that is at most ``num_groups`` (GroupNorm groups)."""
-    for g in range(min(num_groups, channels), 0, -1):
-        if channels % g == 0:
-            return g
-    return 1
-
-
 class _Norm(nn.Module):
     """GroupNorm (statistics in float32) with a group count that divides the channels."""
 
@@ -92,12 +89,22 @@ class _Norm(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """DDPM residual block with a time(-and-class) embedding projection."""
+    """DDPM residual block with a time(-and-class) embedding projection.
+
+    With ``scale_shift_norm=False`` (DDPM) the projected embedding ``e`` is added before
+    the second GroupNorm: ``h = norm(h + e)``. With ``scale_shift_norm=True`` (ADM's
+    ``use_scale_shift_norm``) it is split into ``(s, b)`` and applied after it:
+    ``h = norm(h) * (1 + s) + b``. The first is erased by a GroupNorm with one channel
+    per group (the per-channel constant ``e`` is what that norm subtracts), so a block
+    whose width is at most ``num_groups`` ignores the embedding unless it scales and
+    shifts.
+    """
 
     out_channels: int
     dropout: float
     num_groups: int
     conv_fn: ConvFn
+    scale_shift_norm: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -107,11 +114,15 @@ class ResBlock(nn.Module):
         conv = dict(kernel_size=(3, 3), padding="SAME", conv_general_dilated=self.conv_fn, **kw)
         h = nn.swish(_Norm(self.num_groups, name="norm_0", **kw)(x))
         h = nn.Conv(self.out_channels, kernel_init=_default_init, name="conv_0", **conv)(h)
-        e = nn.Dense(self.out_channels, kernel_init=_default_init, name="emb_proj", **kw)(
-            nn.swish(emb)
-        )
-        h = h + e[:, None, None, :].astype(h.dtype)
-        h = nn.swish(_Norm(self.num_groups, name="norm_1", **kw)(h))
+        width = 2 * self.out_channels if self.scale_shift_norm else self.out_channels
+        e = nn.Dense(width, kernel_init=_default_init, name="emb_proj", **kw)(nn.swish(emb))
+        e = e[:, None, None, :].astype(h.dtype)
+        if self.scale_shift_norm:
+            scale, shift = jnp.split(e, 2, axis=-1)
+            h = _Norm(self.num_groups, name="norm_1", **kw)(h) * (1 + scale) + shift
+        else:
+            h = _Norm(self.num_groups, name="norm_1", **kw)(h + e)
+        h = nn.swish(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_channels, kernel_init=_zero_init, name="conv_1", **conv)(h)
         if x.shape[-1] != self.out_channels:
@@ -220,6 +231,11 @@ class UNet(nn.Module):
         ``flax.linen.Conv`` (None: ``lax.conv_general_dilated``). A replacement must
         compute the same function; experiments/conv_matmul_grad.py is one, measured in
         experiments/bench_conv_grad.py.
+      scale_shift_norm: apply the embedding as a scale and shift after each residual
+        block's second GroupNorm (ADM) instead of adding it before (DDPM, the default).
+        An added embedding is erased where a block's width is at most ``num_groups``
+        (one channel per group): such a model ignores its time and class inputs, which
+        the UNet warns about.
       remat: rematerialize each residual and attention block in the backward pass
         (``flax.linen.remat``): their activations are recomputed instead of stored, so
         training memory grows with the block count far more slowly, for about one extra
@@ -232,12 +248,13 @@ class UNet(nn.Module):
     attention_resolutions: Sequence[int] = (16,)
     dropout: float = 0.1
     num_classes: int | None = None
-    num_groups: int = 32
+    num_groups: int = DEFAULT_NUM_GROUPS
     num_heads: int = 1
     out_channels: int | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     conv_general_dilated: ConvFn = None
+    scale_shift_norm: bool = False
     remat: bool = False
 
     @property
@@ -261,6 +278,15 @@ class UNet(nn.Module):
         if self.num_groups < 1 or self.num_heads < 1:
             raise ValueError(
                 f"num_groups and num_heads must be >= 1, got {self.num_groups=}, {self.num_heads=}"
+            )
+        erased = embedding_erasing_widths(self.base_channels, self.channel_mults, self.num_groups)
+        if erased and not self.scale_shift_norm:
+            warnings.warn(
+                f"UNet residual blocks of width {erased} have one channel per GroupNorm group "
+                f"(num_groups={self.num_groups}), which removes the added time/class embedding: "
+                "those blocks ignore t and labels. Use scale_shift_norm=True (or more channels "
+                "than num_groups).",
+                stacklevel=3,
             )
 
     def _check_inputs(
@@ -347,7 +373,8 @@ class UNet(nn.Module):
 
         def res(h: jax.Array, channels: int, name: str) -> jax.Array:
             return res_block(
-                channels, self.dropout, self.num_groups, conv_fn, name=name, **kw
+                channels, self.dropout, self.num_groups, conv_fn, self.scale_shift_norm,
+                name=name, **kw,
             )(h, emb, train)
 
         def attn(h: jax.Array, name: str) -> jax.Array:

@@ -3,6 +3,12 @@
 from diffjax.samplers.analytic import GaussianMixture
 from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
 from diffjax.samplers.ddim import DDIMState, ddim
+from diffjax.samplers.diffusers_compat import (
+    DiffusersDDIMState,
+    diffusers_ddim,
+    diffusers_ddim_timesteps,
+    replay_noise,
+)
 from diffjax.samplers.dpm_solver import (
     SinglestepState,
     dpm_solver_fast,
@@ -20,6 +26,13 @@ from diffjax.samplers.driver import (
     transition_beta,
 )
 from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
+from diffjax.samplers.euler import (
+    EulerState,
+    LMSState,
+    euler_ancestral_discrete,
+    euler_discrete,
+    lms_discrete,
+)
 from diffjax.samplers.exponential import (
     DPM_SOLVER_TYPES,
     LOWER_ORDER_FINAL_RULES,
@@ -31,6 +44,7 @@ from diffjax.samplers.exponential import (
 )
 from diffjax.samplers.inversion import DDIMInversionState, ddim_inversion
 from diffjax.samplers.multistep import THIRD_ORDER_UPDATES, MultistepState, dpm_solver_multistep
+from diffjax.samplers.pndm import PNDMState, pndm, pndm_timesteps
 from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
 __all__ = [
@@ -43,10 +57,14 @@ __all__ = [
     "DDIMInversionState",
     "DDIMState",
     "DDPMState",
+    "DiffusersDDIMState",
     "DynamicThresholding",
     "EDMState",
+    "EulerState",
     "GaussianMixture",
+    "LMSState",
     "MultistepState",
+    "PNDMState",
     "Sampler",
     "SinglestepState",
     "StaticThresholding",
@@ -57,6 +75,8 @@ __all__ = [
     "ddim",
     "ddim_inversion",
     "ddpm",
+    "diffusers_ddim",
+    "diffusers_ddim_timesteps",
     "dpm_solver_fast",
     "dpm_solver_fast_orders",
     "dpm_solver_fast_timesteps",
@@ -65,8 +85,14 @@ __all__ = [
     "dynamic_threshold",
     "edm_heun",
     "edm_sigma_range",
+    "euler_ancestral_discrete",
+    "euler_discrete",
     "karras_sigmas",
+    "lms_discrete",
     "multistep_orders",
+    "pndm",
+    "pndm_timesteps",
+    "replay_noise",
     "sample",
     "schedule_mismatch",
     "transition_beta",

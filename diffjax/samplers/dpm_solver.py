@@ -264,7 +264,7 @@ def dpm_solver_fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
     Raises:
       ValueError: for an unsupported ``order`` or ``nfe < order``.
     """
-    if isinstance(order, bool) or order not in (1, 2, 3):
+    if not is_int(order) or order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver-fast supports order 1, 2 or 3, got {order=!r}")
     nfe = check_int("nfe", nfe, minimum=1)
     if nfe < order:

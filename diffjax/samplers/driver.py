@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import is_int
 from diffjax.parameterization import DenoiseFn, denoiser_schedule
 from diffjax.schedules import DiscreteSchedule, VPSchedule
 
@@ -366,7 +367,7 @@ def sample(
         :func:`~diffjax.parameterization.make_denoiser`; a plain function records none).
     """
     num_steps = sampler.num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer):
+    if not is_int(num_steps):
         raise TypeError(f"sampler.num_steps must be a static int, got {num_steps!r}")
     if num_steps < 1:
         raise ValueError(f"sampler.num_steps must be >= 1, got {num_steps}")

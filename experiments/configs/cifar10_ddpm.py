@@ -44,6 +44,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.model.dropout = 0.1
     config.model.num_heads = 1
     config.model.class_conditional = False
+    config.model.scale_shift_norm = False  # DDPM's block: the embedding added before GroupNorm
 
     config.diffusion.schedule = "linear"
     config.diffusion.num_timesteps = 1000
