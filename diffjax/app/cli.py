@@ -1,4 +1,4 @@
-"""The ``diffjax`` command: ``train``, ``sample``, ``demo``, ``evaluate`` and ``pareto``.
+"""The ``diffjax`` command: train, sample, demo, evaluate, pareto, txt2img and img2img.
 
 Examples::
 
@@ -9,6 +9,8 @@ Examples::
   diffjax sample --workdir workdirs/digits --guidance 3 --labels 0,1,2 --out samples.png
   diffjax evaluate --workdir workdirs/digits --sampler dpm++2m --steps 20 --guidance 3
   diffjax pareto --workdir workdirs/digits --samplers ddim,dpm++2m --nfe 5,10,20 --guidance 3
+  diffjax txt2img --model DIR --prompt "a cat" --sampler dpm++2m --steps 25 --out cat.png
+  diffjax img2img --model DIR --image in.png --strength 0.6 --prompt "a cat" --out out.png
 """
 
 from __future__ import annotations
@@ -422,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated scales, 'none' for unguided (default: config)")
     pareto.add_argument("--out", default=None, help="folder (default WORKDIR/eval/pareto)")
     pareto.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from diffjax.app.txt2img import add_arguments as add_sd_arguments
+
+    txt2img = sub.add_parser("txt2img", help="Stable Diffusion: prompt to a PNG grid")
+    add_sd_arguments(txt2img, img2img=False)
+    img2img = sub.add_parser("img2img", help="Stable Diffusion: image + prompt to a PNG grid")
+    add_sd_arguments(img2img, img2img=True)
     return parser
 
 
@@ -541,6 +549,10 @@ def _run_command(args: argparse.Namespace, overrides: list[str]) -> None:
         cmd_evaluate(args)
     elif args.command == "pareto":
         cmd_pareto(args)
+    elif args.command in ("txt2img", "img2img"):
+        from diffjax.app import txt2img
+
+        (txt2img.run_txt2img if args.command == "txt2img" else txt2img.run_img2img)(args)
     else:
         cmd_sample(args)
 

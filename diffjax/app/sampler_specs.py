@@ -269,6 +269,22 @@ class SamplerSpec:
                 "eta=0"
             )
 
+    def timesteps(self, schedule: DiscreteSchedule, num_steps: int) -> np.ndarray | None:
+        """The static time grid ``build`` uses (``num_steps + 1`` model times), or ``None``.
+
+        ``None`` for 'dpm-fast' (its own allocation) and 'edm-heun' (Karras sigmas).
+        """
+        family, options = _SAMPLERS[self.name]
+        num_steps = check_num_steps(num_steps)
+        T = schedule.num_timesteps
+        if family in ("ddim", "ddpm"):
+            return sampling_timesteps(T, num_steps)
+        if family not in _GRID_FAMILIES:
+            return None
+        if self.grid == "logsnr":
+            return np.asarray(dpm_solver_fast_timesteps(schedule, num_steps))
+        return solver_timesteps(T, num_steps, clean_target=options["prediction"] == "data")
+
     def build(
         self,
         schedule: DiscreteSchedule,
@@ -276,6 +292,7 @@ class SamplerSpec:
         *,
         eta: float | jax.Array = 0.0,
         clip_x0: float | None = 1.0,
+        start_step: int = 0,
     ) -> Sampler:
         """Builds the sampler on ``schedule`` with ``num_steps`` steps.
 
@@ -286,39 +303,45 @@ class SamplerSpec:
         (:class:`~diffjax.samplers.StaticThresholding`); ``None`` does not clip. The
         default 1.0 is :func:`default_clip_x0` of pixel data in [-1, 1]; a latent
         model's is None. 'edm-heun' and the noise-prediction solvers form no x0 and
-        never clip (as in Karras et al. and Lu et al.).
+        never clip (as in Karras et al. and Lu et al.). ``start_step > 0`` builds the
+        sampler on the grid :meth:`timesteps` ``[start_step:]`` (img2img: the last
+        ``num_steps - start_step`` steps; ``x_T`` is then the sample at that grid's
+        first time); only samplers with a grid take it.
 
         Raises:
           ValueError: for ``num_steps`` that is not an int ``>= 1`` (or too many for the
             grid), or a concrete ``eta`` that is negative, non-finite, or nonzero for a
-            sampler other than DDIM.
+            sampler other than DDIM; a ``start_step`` outside ``[0, num_steps)`` or given
+            to a sampler without a grid.
         """
         family, options = _SAMPLERS[self.name]
         num_steps = check_num_steps(num_steps)
         self.check_eta(eta)
-        T = schedule.num_timesteps
+        start_step = check_int("start_step", start_step, minimum=0, maximum=num_steps - 1)
         clip = None if clip_x0 is None else StaticThresholding(max_value=clip_x0)
-        if family == "ddim":
-            return ddim(schedule, sampling_timesteps(T, num_steps), eta=eta, thresholding=clip)
-        if family == "ddpm":
-            grid = sampling_timesteps(T, num_steps)
-            return ddpm(schedule, grid, thresholding=clip, **options)
-        if family == "fast":
-            return dpm_solver_fast(schedule, num_steps, **options)
-        if family == "edm":
+        grid = self.timesteps(schedule, num_steps)
+        if grid is None:
+            if start_step:
+                raise ValueError(
+                    f"sampler={str(self)!r} has no time grid to start part-way on "
+                    f"(start_step={start_step}); use a grid sampler such as 'ddim' or "
+                    "'dpm++2m'"
+                )
+            if family == "fast":
+                return dpm_solver_fast(schedule, num_steps, **options)
             return edm_heun(schedule, karras_sigmas(num_steps, *edm_sigma_range(schedule)))
-        data_prediction = options["prediction"] == "data"
-        if self.grid == "logsnr":
-            timesteps = dpm_solver_fast_timesteps(schedule, num_steps)
-        else:
-            timesteps = solver_timesteps(T, num_steps, clean_target=data_prediction)
-        thresholding = clip if data_prediction else None
+        grid = grid[start_step:]
+        if family == "ddim":
+            return ddim(schedule, grid, eta=eta, thresholding=clip)
+        if family == "ddpm":
+            return ddpm(schedule, grid, thresholding=clip, **options)
+        thresholding = clip if options["prediction"] == "data" else None
         build = {
             "multistep": dpm_solver_multistep,
             "singlestep": dpm_solver_singlestep,
             "unipc": unipc,
         }[family]
-        return build(schedule, timesteps, thresholding=thresholding, **options)
+        return build(schedule, grid, thresholding=thresholding, **options)
 
 
 PIXEL_DATA_RANGE = (-1.0, 1.0)

@@ -5,9 +5,31 @@ from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
 from diffjax.samplers.ddim import DDIMState, ddim
 from diffjax.samplers.diffusers_compat import (
     DiffusersDDIMState,
+    DiffusersLoop,
     diffusers_ddim,
+    diffusers_ddim_loop,
     diffusers_ddim_timesteps,
+    img2img_sampler,
+    img2img_start,
+    loop_sampler,
     replay_noise,
+)
+from diffjax.samplers.diffusers_ddpm import (
+    DiffusersDDPMState,
+    diffusers_ddpm,
+    diffusers_ddpm_loop,
+    guidance_scale_embedding,
+    lcm,
+    lcm_loop,
+)
+from diffjax.samplers.diffusers_multistep import (
+    LinearMultistepState,
+    diffusers_dpm_multistep,
+    diffusers_dpm_multistep_loop,
+    diffusers_dpm_singlestep,
+    diffusers_dpm_singlestep_loop,
+    diffusers_unipc,
+    diffusers_unipc_loop,
 )
 from diffjax.samplers.dpm_solver import (
     SinglestepState,
@@ -30,8 +52,11 @@ from diffjax.samplers.euler import (
     EulerState,
     LMSState,
     euler_ancestral_discrete,
+    euler_ancestral_discrete_loop,
     euler_discrete,
+    euler_discrete_loop,
     lms_discrete,
+    lms_discrete_loop,
 )
 from diffjax.samplers.exponential import (
     DPM_SOLVER_TYPES,
@@ -44,7 +69,7 @@ from diffjax.samplers.exponential import (
 )
 from diffjax.samplers.inversion import DDIMInversionState, ddim_inversion
 from diffjax.samplers.multistep import THIRD_ORDER_UPDATES, MultistepState, dpm_solver_multistep
-from diffjax.samplers.pndm import PNDMState, pndm, pndm_timesteps
+from diffjax.samplers.pndm import PNDMState, pndm, pndm_loop, pndm_timesteps
 from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corrector_orders
 
 __all__ = [
@@ -58,11 +83,14 @@ __all__ = [
     "DDIMState",
     "DDPMState",
     "DiffusersDDIMState",
+    "DiffusersDDPMState",
+    "DiffusersLoop",
     "DynamicThresholding",
     "EDMState",
     "EulerState",
     "GaussianMixture",
     "LMSState",
+    "LinearMultistepState",
     "MultistepState",
     "PNDMState",
     "Sampler",
@@ -76,7 +104,16 @@ __all__ = [
     "ddim_inversion",
     "ddpm",
     "diffusers_ddim",
+    "diffusers_ddim_loop",
     "diffusers_ddim_timesteps",
+    "diffusers_ddpm",
+    "diffusers_ddpm_loop",
+    "diffusers_dpm_multistep",
+    "diffusers_dpm_multistep_loop",
+    "diffusers_dpm_singlestep",
+    "diffusers_dpm_singlestep_loop",
+    "diffusers_unipc",
+    "diffusers_unipc_loop",
     "dpm_solver_fast",
     "dpm_solver_fast_orders",
     "dpm_solver_fast_timesteps",
@@ -86,11 +123,21 @@ __all__ = [
     "edm_heun",
     "edm_sigma_range",
     "euler_ancestral_discrete",
+    "euler_ancestral_discrete_loop",
     "euler_discrete",
+    "euler_discrete_loop",
+    "guidance_scale_embedding",
+    "img2img_sampler",
+    "img2img_start",
     "karras_sigmas",
+    "lcm",
+    "lcm_loop",
     "lms_discrete",
+    "lms_discrete_loop",
+    "loop_sampler",
     "multistep_orders",
     "pndm",
+    "pndm_loop",
     "pndm_timesteps",
     "replay_noise",
     "sample",

@@ -7,10 +7,13 @@ sample ``x = x_vp / alpha = x_vp sqrt(1 + sigma**2)``, ``sigma = sqrt((1 - a) / 
 (``a = alpha_bar``). The network sees the input scaled back to VP,
 ``x / sqrt(sigma**2 + 1)`` (``scale_model_input``), at the model timestep diffusers
 passes (fractional with ``linspace`` spacing or Karras/exponential sigmas; those are
-passed to the denoiser unchanged). The state is diffusers' ``sample``: ``init`` multiplies
-unit noise by ``init_noise_sigma`` (``sigma_max``, or ``sqrt(sigma_max**2 + 1)`` for
-``leading`` spacing) and ``finalize`` returns the sample at the last sigma (0, or
-``sigma_min`` with ``final_sigmas_type='sigma_min'``).
+passed to the denoiser unchanged). The state is diffusers' ``sample``: the txt2img
+sampler's ``init`` multiplies unit noise by ``init_noise_sigma`` (``sigma_max``, or
+``sqrt(sigma_max**2 + 1)`` for ``leading`` spacing; img2img starts from ``x0 + sigma
+noise`` unscaled, see :func:`~diffjax.samplers.diffusers_compat.img2img_sampler`) and
+``finalize`` returns the sample at the last sigma (0, or ``sigma_min`` with
+``final_sigmas_type='sigma_min'``). Each class is a ``*_loop`` builder
+(:class:`~diffjax.samplers.diffusers_compat.DiffusersLoop`) and its txt2img Sampler.
 
 With ``d_i = (x_i - x0_i) / sigma_i``:
 
@@ -33,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -42,14 +44,20 @@ import numpy as np
 
 from diffjax.parameterization import DenoiseFn, check_prediction_type
 from diffjax.samplers.diffusers_compat import (
+    SIGMA_SCHEDULES,
+    DiffusersLoop,
     NoiseFn,
     check_num_steps,
     check_spacing,
+    convert_sigmas,
     default_noise,
+    loop_sampler,
+    noise_coeffs_table,
     raw_model_output,
+    sigma_to_t,
     table_alphas_cumprod,
 )
-from diffjax.samplers.driver import Sampler, state_dtype
+from diffjax.samplers.driver import Sampler
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
@@ -62,12 +70,14 @@ __all__ = [
     "ancestral_sigmas",
     "diffusers_sigmas",
     "euler_ancestral_discrete",
+    "euler_ancestral_discrete_loop",
     "euler_discrete",
+    "euler_discrete_loop",
     "lms_coefficients",
     "lms_discrete",
+    "lms_discrete_loop",
 ]
 
-SIGMA_SCHEDULES = (None, "karras", "exponential")
 _LMS_ORDER = 4
 
 
@@ -82,17 +92,6 @@ class LMSState(NamedTuple):
 
     x: Array
     derivatives: Array
-
-
-def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Diffusers' ``_sigma_to_t``: the fractional timestep of ``sigma`` (log-linear)."""
-    log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-    w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
 
 
 def _spaced_timesteps(T: int, n: int, spacing: str, steps_offset: int) -> np.ndarray:
@@ -162,13 +161,8 @@ def diffusers_sigmas(
     if sigma_schedule is not None:
         lo = float(sigmas[-1]) if sigma_min is None else float(sigma_min)
         hi = float(sigmas[0]) if sigma_max is None else float(sigma_max)
-        if sigma_schedule == "karras":
-            rho = 7.0
-            ramp = np.linspace(0, 1, n)
-            sigmas = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-        else:
-            sigmas = np.exp(np.linspace(math.log(hi), math.log(lo), n))
-        timesteps = _sigma_to_t(sigmas, log_sigmas)
+        sigmas = convert_sigmas(sigma_schedule, lo, hi, n)
+        timesteps = sigma_to_t(sigmas, log_sigmas)
     last = table[0] if final_sigmas_type == "sigma_min" else 0.0
     sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
     max_sigma = sigmas.max()
@@ -264,15 +258,29 @@ def _tables(timesteps: np.ndarray, sigmas: np.ndarray) -> dict[str, Array]:
     }
 
 
-def _init_fn(init_sigma: np.float32) -> Any:
-    def init(x_T: ArrayLike) -> EulerState:
-        x = jnp.asarray(x_T, state_dtype(x_T))
-        return EulerState(x=x * jnp.asarray(init_sigma, x.dtype))
+def _sigma_loop(
+    step: Any, init: Any, schedule: DiscreteSchedule, sigmas: np.ndarray,
+    init_sigma: np.float32, order: int | None,
+) -> DiffusersLoop:
+    """A sigma-space class's loop: ``add_noise`` is ``x0 + sigma[t_start] noise``."""
+    n = int(sigmas.shape[0]) - 1
+    return DiffusersLoop(
+        num_steps=n, num_inference_steps=n, init=init, step=step, finalize=lambda s: s.x,
+        schedule=schedule, init_noise_sigma=init_sigma,
+        noise_coeffs=noise_coeffs_table(n, np.ones(n, np.float32), sigmas[:-1]), order=order,
+    )
 
-    return init
+
+def euler_discrete(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
+    """Diffusers' ``EulerDiscreteScheduler`` as a txt2img Sampler.
+
+    ``nfe = num_steps``, ``order = 1``; ``init`` takes unit noise. See
+    :func:`euler_discrete_loop` for the options.
+    """
+    return loop_sampler(euler_discrete_loop(schedule, num_steps, **options))
 
 
-def euler_discrete(
+def euler_discrete_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
     *,
@@ -284,8 +292,8 @@ def euler_discrete(
     sigma_max: float | None = None,
     final_sigmas_type: str = "zero",
     prediction_type: str = "eps",
-) -> Sampler:
-    """Diffusers' ``EulerDiscreteScheduler`` (``s_churn = 0``) as a Sampler.
+) -> DiffusersLoop:
+    """Diffusers' ``EulerDiscreteScheduler`` loop (``s_churn = 0``).
 
     Args:
       schedule: the denoiser's schedule (recorded for :func:`~diffjax.samplers.sample`).
@@ -301,7 +309,7 @@ def euler_discrete(
       prediction_type: ``'eps'``, ``'v'`` or ``'x0'``.
 
     Returns:
-      A Sampler with ``nfe = num_steps`` and ``order = 1``; ``init`` takes unit noise.
+      A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop` of ``num_steps`` calls.
     """
     timesteps, sigmas, init_sigma = _setup(
         schedule, num_steps, alphas_cumprod, prediction_type, timestep_spacing=timestep_spacing,
@@ -311,22 +319,29 @@ def euler_discrete(
     tabs = _tables(timesteps, sigmas)
 
     def step(
-        denoise_fn: DenoiseFn, state: EulerState, i: Array, key: Array, cond: Any
+        denoise_fn: DenoiseFn, state: EulerState, i: Array, j: Array, key: Array, cond: Any
     ) -> EulerState:
-        del key
+        del j, key
         x = state.x
         d = _derivative(denoise_fn, x, i, cond, tabs, schedule, prediction_type)
         dt = tabs["sigma_next"][i].astype(x.dtype) - tabs["sigma"][i].astype(x.dtype)
         return EulerState(x=(x + d * dt).astype(x.dtype))
 
-    n = int(timesteps.shape[0])
-    return Sampler(
-        num_steps=n, init=_init_fn(init_sigma), step=step, finalize=lambda s: s.x,
-        schedule=schedule, nfe=n, order=1,
-    )
+    return _sigma_loop(step, EulerState, schedule, sigmas, init_sigma, order=1)
 
 
 def euler_ancestral_discrete(
+    schedule: DiscreteSchedule, num_steps: int, **options: Any
+) -> Sampler:
+    """Diffusers' ``EulerAncestralDiscreteScheduler`` as a txt2img Sampler.
+
+    Stochastic (``order=None``), ``nfe = num_steps``. See
+    :func:`euler_ancestral_discrete_loop` for the options.
+    """
+    return loop_sampler(euler_ancestral_discrete_loop(schedule, num_steps, **options))
+
+
+def euler_ancestral_discrete_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
     *,
@@ -335,8 +350,8 @@ def euler_ancestral_discrete(
     steps_offset: int = 0,
     prediction_type: str = "eps",
     noise_fn: NoiseFn | None = None,
-) -> Sampler:
-    """Diffusers' ``EulerAncestralDiscreteScheduler`` as a Sampler.
+) -> DiffusersLoop:
+    """Diffusers' ``EulerAncestralDiscreteScheduler`` loop.
 
     Args:
       schedule: the denoiser's schedule.
@@ -346,11 +361,12 @@ def euler_ancestral_discrete(
       steps_offset: added to the ``leading`` grid.
       prediction_type: ``'eps'`` or ``'v'`` (diffusers refuses x0 networks here).
       noise_fn: ``noise_fn(key, step_index, shape, dtype)``, the step's ``z``
-        (default ``jax.random.normal`` with the step's key;
-        :func:`~diffjax.samplers.diffusers_compat.replay_noise` replays diffusers' draws).
+        (``step_index`` counts the calls since the start; default ``jax.random.normal``
+        with the step's key; :func:`~diffjax.samplers.diffusers_compat.replay_noise`
+        replays diffusers' draws).
 
     Returns:
-      A stochastic Sampler (``order=None``) with ``nfe = num_steps``.
+      A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop` of ``num_steps`` calls.
     """
     if prediction_type == "x0":
         raise ValueError(
@@ -367,23 +383,28 @@ def euler_ancestral_discrete(
     noise_fn = default_noise if noise_fn is None else noise_fn
 
     def step(
-        denoise_fn: DenoiseFn, state: EulerState, i: Array, key: Array, cond: Any
+        denoise_fn: DenoiseFn, state: EulerState, i: Array, j: Array, key: Array, cond: Any
     ) -> EulerState:
         x = state.x
         dtype = x.dtype
         d = _derivative(denoise_fn, x, i, cond, tabs, schedule, prediction_type)
         x_new = x + d * (tabs["down"][i].astype(dtype) - tabs["sigma"][i].astype(dtype))
-        x_new = x_new + noise_fn(key, i, x.shape, dtype) * tabs["up"][i].astype(dtype)
+        x_new = x_new + noise_fn(key, j, x.shape, dtype) * tabs["up"][i].astype(dtype)
         return EulerState(x=x_new.astype(dtype))
 
-    n = int(timesteps.shape[0])
-    return Sampler(
-        num_steps=n, init=_init_fn(init_sigma), step=step, finalize=lambda s: s.x,
-        schedule=schedule, nfe=n, order=None,
-    )
+    return _sigma_loop(step, EulerState, schedule, sigmas, init_sigma, order=None)
 
 
-def lms_discrete(
+def lms_discrete(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
+    """Diffusers' ``LMSDiscreteScheduler`` as a txt2img Sampler.
+
+    ``nfe = num_steps``, ``order=None`` (the last step lands on sigma 0, where the
+    multistep order is not measured). See :func:`lms_discrete_loop` for the options.
+    """
+    return loop_sampler(lms_discrete_loop(schedule, num_steps, **options))
+
+
+def lms_discrete_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
     *,
@@ -393,8 +414,12 @@ def lms_discrete(
     sigma_schedule: str | None = None,
     prediction_type: str = "eps",
     order: int = _LMS_ORDER,
-) -> Sampler:
-    """Diffusers' ``LMSDiscreteScheduler`` (order 4 by default) as a Sampler.
+) -> DiffusersLoop:
+    """Diffusers' ``LMSDiscreteScheduler`` loop (order 4 by default).
+
+    Step ``i`` uses the coefficients of order ``min(i + 1, order)`` at the absolute
+    ``step_index`` and the derivatives stored since the start (diffusers' ``zip``
+    over the shorter list: a fresh scheduler's missing derivatives count as zero).
 
     Args:
       schedule: the denoiser's schedule.
@@ -407,8 +432,7 @@ def lms_discrete(
       order: the multistep order (diffusers' ``step(order=4)``), 1 to 4.
 
     Returns:
-      A Sampler with ``nfe = num_steps`` and ``order=None`` (the last step lands on
-      sigma 0, where the multistep order is not measured).
+      A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop` of ``num_steps`` calls.
     """
     if not 1 <= int(order) <= _LMS_ORDER:
         raise ValueError(f"LMS order must be in [1, {_LMS_ORDER}], got {order}")
@@ -420,22 +444,18 @@ def lms_discrete(
     coeffs = np.zeros((len(timesteps), _LMS_ORDER))
     coeffs[:, :order] = lms_coefficients(sigmas, int(order))
     tabs["coeffs"] = jnp.asarray(coeffs, jnp.float32)
-    init_euler = _init_fn(init_sigma)
 
-    def init(x_T: ArrayLike) -> LMSState:
-        x = init_euler(x_T).x
+    def init(x: Array) -> LMSState:
         return LMSState(x=x, derivatives=jnp.zeros((_LMS_ORDER, *x.shape), x.dtype))
 
-    def step(denoise_fn: DenoiseFn, state: LMSState, i: Array, key: Array, cond: Any) -> LMSState:
-        del key
+    def step(
+        denoise_fn: DenoiseFn, state: LMSState, i: Array, j: Array, key: Array, cond: Any
+    ) -> LMSState:
+        del j, key
         x = state.x
         d = _derivative(denoise_fn, x, i, cond, tabs, schedule, prediction_type)
         ders = jnp.concatenate([d[None], state.derivatives[:-1]])
         x_new = x + jnp.tensordot(tabs["coeffs"][i].astype(x.dtype), ders, axes=1)
         return LMSState(x=x_new.astype(x.dtype), derivatives=ders)
 
-    n = int(timesteps.shape[0])
-    return Sampler(
-        num_steps=n, init=init, step=step, finalize=lambda s: s.x, schedule=schedule,
-        nfe=n, order=None,
-    )
+    return _sigma_loop(step, init, schedule, sigmas, init_sigma, order=None)

@@ -40,18 +40,22 @@ import numpy as np
 
 from diffjax.parameterization import DenoiseFn, check_prediction_type
 from diffjax.samplers.diffusers_compat import (
+    DiffusersLoop,
+    alpha_bar_noise_coeffs,
     check_num_steps,
     check_spacing,
+    loop_sampler,
+    noise_coeffs_table,
     raw_model_output,
     table_alphas_cumprod,
 )
-from diffjax.samplers.driver import Sampler, state_dtype
+from diffjax.samplers.driver import Sampler
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = ["PNDMState", "pndm", "pndm_timesteps"]
+__all__ = ["PNDMState", "pndm", "pndm_loop", "pndm_timesteps"]
 
 _ETS = 4  # diffusers keeps at most four past outputs
 
@@ -117,12 +121,14 @@ def pndm_timesteps(
 
 
 @dataclasses.dataclass
-class _Call:
-    """One ``PNDMScheduler.step`` call, replayed: which registers it reads and writes."""
+class _Role:
+    """What ``PNDMScheduler.step`` does at its ``counter`` (calls since the start).
 
-    t_model: int
-    t: int
-    t_prev: int
+    It sets which registers the call reads and writes, and which ``(t, t_prev)`` variant
+    of the call's grid time it uses (:func:`_variant_times`).
+    """
+
+    variant: int = 0
     push: bool = False  # e is appended to ets
     w_e: float = 0.0  # e' = w_e e + w_acc acc + sum_j w_ets[j] ets[j] (ets after the push)
     w_acc: float = 0.0
@@ -143,42 +149,69 @@ def _plms_weights(n_ets: int) -> tuple[float, ...]:
     return weights + (0.0,) * (_ETS - len(weights))
 
 
-def _replay(timesteps: np.ndarray, prk: np.ndarray, T: int, n: int, skip_prk: bool) -> list[_Call]:
-    """Replays ``PNDMScheduler.step`` (``step_prk`` / ``step_plms``) call by call."""
-    calls, n_ets, r = [], 0, T // n
-    for counter, ts in enumerate(int(v) for v in timesteps):
-        if counter < len(prk) and not skip_prk:  # step_prk
-            prev = ts - (0 if counter % 2 else r // 2)
-            call = _Call(t_model=ts, t=int(prk[counter // 4 * 4]), t_prev=prev, base_is_cur=True)
-            phase = counter % 4
-            if phase == 0:
-                call.acc_keep, call.acc_add, call.w_e = 0.0, 1 / 6, 1.0
-                call.push, call.set_cur = True, True
-                n_ets += 1
-            elif phase in (1, 2):
-                call.acc_add, call.w_e = 1 / 3, 1.0
-            else:
-                call.w_acc, call.w_e, call.acc_keep = 1.0, 1 / 6, 0.0
-            calls.append(call)
-            continue
-        # step_plms
-        call = _Call(t_model=ts, t=ts, t_prev=ts - r)
-        if counter != 1:
-            call.push = True
-            n_ets = min(n_ets + 1, _ETS)
+def _roles(skip_prk: bool) -> list[_Role]:
+    """``step``'s behaviour at counters ``0, 1, ...``; the last entry holds for all later.
+
+    Replays ``step_prk`` / ``step_plms`` of a fresh scheduler (``ets`` empty, ``counter``
+    0). Variant 0 is ``(t, t - r)``; with ``skip_prk_steps`` counter 1 uses variant 1,
+    ``(t + r, t)``; the Runge-Kutta counters ``c < 12`` use variant ``c + 1``.
+    """
+    if skip_prk:
+        return [
+            _Role(push=True, w_e=1.0, set_cur=True),
+            _Role(variant=1, w_e=0.5, w_ets=(0.5, 0.0, 0.0, 0.0), base_is_cur=True),
+            _Role(push=True, w_ets=_plms_weights(2)),
+            _Role(push=True, w_ets=_plms_weights(3)),
+            _Role(push=True, w_ets=_plms_weights(4)),
+        ]
+    roles = []
+    for counter in range(12):
+        role = _Role(variant=counter + 1, base_is_cur=True, w_e=1.0)
+        phase = counter % 4
+        if phase == 0:
+            role.acc_keep, role.acc_add, role.push, role.set_cur = 0.0, 1 / 6, True, True
+        elif phase in (1, 2):
+            role.acc_add = 1 / 3
         else:
-            call.t, call.t_prev = ts + r, ts
-        if n_ets == 1 and counter == 0:
-            call.w_e, call.set_cur = 1.0, True
-        elif n_ets == 1 and counter == 1:
-            call.w_e, call.w_ets, call.base_is_cur = 0.5, (0.5, 0.0, 0.0, 0.0), True
-        else:
-            call.w_ets = _plms_weights(n_ets)
-        calls.append(call)
-    return calls
+            role.w_acc, role.w_e, role.acc_keep = 1.0, 1 / 6, 0.0
+        roles.append(role)
+    return [*roles, _Role(push=True, w_ets=_plms_weights(4))]
 
 
-def pndm(
+def _variant_times(
+    timesteps: np.ndarray, prk: np.ndarray, T: int, n: int, skip_prk: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(t, t_prev)`` of every call ``i`` in every variant, each ``(calls, variants)``.
+
+    ``step_plms`` moves ``t -> t - r`` (``r = T // n``), at counter 1 ``t + r -> t``;
+    ``step_prk`` at counter ``c`` moves ``prk[c // 4 * 4] -> t - (0 if c odd else r // 2)``.
+    """
+    r = T // n
+    ts = timesteps.astype(np.int64)[:, None]
+    t, prev = [ts], [ts - r]
+    if skip_prk:
+        t.append(ts + r)
+        prev.append(ts)
+    else:
+        for c in range(12):
+            t.append(np.full_like(ts, prk[c // 4 * 4]))
+            prev.append(ts - (0 if c % 2 else r // 2))
+    return np.concatenate(t, axis=1), np.concatenate(prev, axis=1)
+
+
+def pndm(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
+    """Diffusers' ``PNDMScheduler`` as a txt2img Sampler.
+
+    ``loop_sampler(pndm_loop(schedule, num_steps, **options))``: ``num_steps`` and ``nfe``
+    are the number of network calls (``num_steps + 1``, or ``num_steps + 9`` with the
+    Runge-Kutta warm-up) and ``order=None``: its steps are not on one grid of
+    ``num_steps`` (the warm-up repeats a time), so tests/test_sampler_order.py's measure
+    does not apply. See :func:`pndm_loop` for the options.
+    """
+    return loop_sampler(pndm_loop(schedule, num_steps, **options))
+
+
+def pndm_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
     *,
@@ -188,8 +221,8 @@ def pndm(
     steps_offset: int = 0,
     timestep_spacing: str = "leading",
     prediction_type: str = "eps",
-) -> Sampler:
-    """Diffusers' ``PNDMScheduler`` (PLMS, PRK warm-up optional) as a Sampler.
+) -> DiffusersLoop:
+    """Diffusers' ``PNDMScheduler`` loop (PLMS, PRK warm-up optional).
 
     Args:
       schedule: the denoiser's schedule (recorded for :func:`~diffjax.samplers.sample`).
@@ -202,10 +235,9 @@ def pndm(
       prediction_type: ``'eps'`` or ``'v'`` (diffusers' PNDM has no x0 networks).
 
     Returns:
-      A Sampler whose ``num_steps`` and ``nfe`` are the number of network calls
-      (``num_steps + 1``, or ``num_steps + 9`` with the Runge-Kutta warm-up), and
-      ``order=None``: its steps are not on one grid of ``num_steps`` (the warm-up
-      repeats a time), so tests/test_sampler_order.py's measure does not apply.
+      A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop` of one call per network
+      evaluation; its counters (``counter``, ``ets``, ``cur_sample``) follow the calls
+      since the start, as a fresh scheduler's do after img2img's slice.
 
     Raises:
       ValueError: for an x0 network, a bad spacing, or timesteps outside the table.
@@ -222,62 +254,69 @@ def pndm(
         T, n, skip_prk_steps=skip_prk_steps, timestep_spacing=timestep_spacing,
         steps_offset=steps_offset,
     )
-    calls = _replay(timesteps, prk, T, n, skip_prk_steps)
-    t_idx = np.array([c.t for c in calls])
-    p_idx = np.array([c.t_prev for c in calls])
-    if t_idx.max() > T - 1 or timesteps.min() < 0 or timesteps.max() > T - 1:
+    roles = _roles(skip_prk_steps)
+    t_idx, p_idx = _variant_times(timesteps, prk, T, n, skip_prk_steps)
+    calls_n = len(timesteps)
+    # txt2img (counter = i) must stay on the table; other (start, counter) pairs are clipped.
+    own = np.array([roles[min(i, len(roles) - 1)].variant for i in range(calls_n)])
+    t_own = t_idx[np.arange(calls_n), own]
+    if t_own.max() > T - 1 or timesteps.min() < 0 or timesteps.max() > T - 1:
         raise ValueError(
             f"PNDM timesteps {timesteps.tolist()} (timestep_spacing={timestep_spacing!r}, "
             f"steps_offset={steps_offset}, skip_prk_steps={skip_prk_steps}) leave [0, {T - 1}]"
         )
     final = 1.0 if set_alpha_to_one else ac[0]
-    a_t = ac[t_idx]
+    a_t = ac[np.clip(t_idx, 0, T - 1)]
     a_s = np.where(p_idx >= 0, ac[np.clip(p_idx, 0, T - 1)], final)
     denom = a_t * np.sqrt(1.0 - a_s) + np.sqrt(a_t * (1.0 - a_t) * a_s)
 
     def tab(values: Any, dtype: Any = jnp.float32) -> Array:
         return jnp.asarray(np.asarray(values), dtype)
 
-    tables = {
-        "t_model": tab([c.t_model for c in calls]),
-        "push": tab([c.push for c in calls], jnp.bool_),
-        "set_cur": tab([c.set_cur for c in calls], jnp.bool_),
-        "base_cur": tab([c.base_is_cur for c in calls], jnp.bool_),
-        "w_e": tab([c.w_e for c in calls]),
-        "w_acc": tab([c.w_acc for c in calls]),
-        "w_ets": tab([c.w_ets for c in calls]),
-        "acc_keep": tab([c.acc_keep for c in calls]),
-        "acc_add": tab([c.acc_add for c in calls]),
+    by_counter = {
+        field.name: tab([getattr(role, field.name) for role in roles],
+                        jnp.bool_ if field.type in (bool, "bool") else jnp.float32)
+        for field in dataclasses.fields(_Role) if field.name != "variant"
+    }
+    by_counter["variant"] = tab([role.variant for role in roles], jnp.int32)
+    by_call = {
+        "t_model": tab(timesteps),
         "sample_coeff": tab(np.sqrt(a_s / a_t)),
         "out_coeff": tab((a_s - a_t) / denom),
         "sqrt_at": tab(np.sqrt(a_t)),
         "sqrt_bt": tab(np.sqrt(1.0 - a_t)),
     }
 
-    def init(x_T: ArrayLike) -> PNDMState:
-        x = jnp.asarray(x_T, state_dtype(x_T))
+    def init(x: Array) -> PNDMState:
         return PNDMState(x=x, cur=x, ets=jnp.zeros((_ETS, *x.shape), x.dtype), acc=x * 0)
 
-    def step(denoise_fn: DenoiseFn, state: PNDMState, i: Array, key: Array, cond: Any) -> PNDMState:
+    def step(
+        denoise_fn: DenoiseFn, state: PNDMState, i: Array, j: Array, key: Array, cond: Any
+    ) -> PNDMState:
         del key
         x = state.x
         dtype = x.dtype
-        g = {name: v[i] for name, v in tables.items()}
-        t = g["t_model"]
+        g = {name: v[jnp.minimum(j, len(roles) - 1)] for name, v in by_counter.items()}
+        c = {name: v[i] for name, v in by_call.items()}
+        v = g["variant"]
+        t = c["t_model"]
         e = raw_model_output(denoise_fn(x, t, cond), x, t, schedule, prediction_type)
         ets = jnp.where(g["push"], jnp.concatenate([e[None], state.ets[:-1]]), state.ets)
         mix = jnp.tensordot(g["w_ets"].astype(dtype), ets, axes=1)
         m = g["w_e"].astype(dtype) * e + g["w_acc"].astype(dtype) * state.acc + mix
         acc = g["acc_keep"].astype(dtype) * state.acc + g["acc_add"].astype(dtype) * e
         cur = jnp.where(g["set_cur"], x, state.cur)
-        base = jnp.where(g["base_cur"], cur, x)
+        base = jnp.where(g["base_is_cur"], cur, x)
         if prediction_type == "v":
-            m = g["sqrt_at"].astype(dtype) * m + g["sqrt_bt"].astype(dtype) * base
-        x_new = g["sample_coeff"].astype(dtype) * base - g["out_coeff"].astype(dtype) * m
+            m = c["sqrt_at"][v].astype(dtype) * m + c["sqrt_bt"][v].astype(dtype) * base
+        x_new = c["sample_coeff"][v].astype(dtype) * base - c["out_coeff"][v].astype(dtype) * m
         return PNDMState(x=x_new.astype(dtype), cur=cur, ets=ets, acc=acc)
 
-    calls_n = len(calls)
-    return Sampler(
-        num_steps=calls_n, init=init, step=step, finalize=lambda s: s.x, schedule=schedule,
-        nfe=calls_n, order=None,
+    return DiffusersLoop(
+        num_steps=calls_n, num_inference_steps=n, init=init, step=step,
+        finalize=lambda s: s.x, schedule=schedule, init_noise_sigma=np.float32(1),
+        noise_coeffs=noise_coeffs_table(
+            n, *alpha_bar_noise_coeffs(ac, timesteps[: n + 1]).T, num_calls=calls_n
+        ),
+        order=None,
     )

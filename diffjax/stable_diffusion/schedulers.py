@@ -11,16 +11,44 @@ sampler that reproduces that class's step loop (``set_timesteps``, ``scale_model
     sampler = sampler_from_scheduler_config(config, num_steps=25)
     latents = sample(sampler, denoise, jax.random.normal(key, shape), key, cond)
 
-Supported classes (:data:`SUPPORTED_SCHEDULERS`): PNDMScheduler, DDIMScheduler,
-EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler. Each
-entry of the table :data:`_SCHEDULERS` lists the config keys its builder reads and the
-keys diffjax does not implement with their neutral values; a config setting such a key
-to anything else is refused, naming the key. Keys a class does not know are ignored, as
-diffusers' ``from_config`` ignores them. DPMSolverMultistep/Singlestep, UniPC, LCM and
-DDPM join by adding an entry.
+Supported classes (:data:`SUPPORTED_SCHEDULERS`), each reproducing diffusers' loop to
+float32 round-off (tests/test_diffusers_schedulers.py):
+
+* PNDMScheduler (PLMS; PRK warm-up), DDIMScheduler, DDPMScheduler (fixed_small,
+  fixed_small_log, fixed_large) -- :mod:`diffjax.samplers.pndm`,
+  :mod:`diffjax.samplers.diffusers_compat`, :mod:`diffjax.samplers.diffusers_ddpm`;
+* EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, LMSDiscreteScheduler --
+  :mod:`diffjax.samplers.euler`;
+* DPMSolverMultistepScheduler (dpmsolver++, dpmsolver, sde-dpmsolver++; orders 1-3;
+  Karras / exponential / Lu sigmas), DPMSolverSinglestepScheduler,
+  UniPCMultistepScheduler (bh1 / bh2, corrector, ``disable_corrector``) --
+  :mod:`diffjax.samplers.diffusers_multistep`;
+* LCMScheduler -- :mod:`diffjax.samplers.diffusers_ddpm` (with
+  :func:`~diffjax.samplers.diffusers_ddpm.guidance_scale_embedding` for the UNet's
+  ``timestep_cond``).
+
+Each entry of the table :data:`_SCHEDULERS` lists the config keys its builder reads
+(with that class's defaults) and the keys diffjax does not implement with their neutral
+values (``use_beta_sigmas``, ``use_flow_sigmas``, ``use_dynamic_shifting``, learned
+``variance_type``, UniPC's ``solver_p``, Euler's ``interpolation_type='log_linear'``...);
+a config setting such a key to anything else is refused, naming the key. Keys a class
+does not know are ignored with a warning, as diffusers' ``from_config`` ignores them.
 
 ``x_T`` is unit Gaussian noise for every class: the sigma-space samplers multiply it by
 diffusers' ``init_noise_sigma`` themselves.
+
+img2img (diffusers' ``StableDiffusionImg2ImgPipeline``):
+:func:`img2img_sampler_from_scheduler_config` returns the sampler and its start point::
+
+    sampler, add_noise = img2img_sampler_from_scheduler_config(config, 25, strength)
+    latents = sample(sampler, denoise, add_noise(image_latents, noise), key, cond)
+
+``add_noise`` is the class's own ``scheduler.add_noise`` at the first of the last
+``min(int(n * strength), n)`` steps, and the sampler skips the earlier calls with no
+network call; ``strength`` may be traced (one compilation for every strength), and the
+counters and history of the multistep classes start at the first call made, as a fresh
+diffusers scheduler's do after ``set_begin_index``. Details (a strength below ``1 / n``,
+float32 strengths) in :mod:`diffjax.samplers.diffusers_compat`.
 """
 
 from __future__ import annotations
@@ -35,16 +63,34 @@ from typing import Any
 
 import numpy as np
 
-from diffjax.samplers.diffusers_compat import NoiseFn, diffusers_ddim
+from diffjax.samplers.diffusers_compat import (
+    DiffusersLoop,
+    NoiseFn,
+    diffusers_ddim_loop,
+    img2img_sampler,
+    loop_sampler,
+)
+from diffjax.samplers.diffusers_ddpm import diffusers_ddpm_loop, lcm_loop
+from diffjax.samplers.diffusers_multistep import (
+    diffusers_dpm_multistep_loop,
+    diffusers_dpm_singlestep_loop,
+    diffusers_unipc_loop,
+)
 from diffjax.samplers.driver import Sampler
-from diffjax.samplers.euler import euler_ancestral_discrete, euler_discrete, lms_discrete
-from diffjax.samplers.pndm import pndm
+from diffjax.samplers.euler import (
+    euler_ancestral_discrete_loop,
+    euler_discrete_loop,
+    lms_discrete_loop,
+)
+from diffjax.samplers.pndm import pndm_loop
 from diffjax.schedules import DiscreteSchedule
 
 __all__ = [
     "SUPPORTED_SCHEDULERS",
     "diffusers_alphas_cumprod",
+    "img2img_sampler_from_scheduler_config",
     "load_scheduler_config",
+    "loop_from_scheduler_config",
     "prediction_type_from_scheduler_config",
     "sampler_from_scheduler_config",
     "schedule_from_scheduler_config",
@@ -79,8 +125,15 @@ def load_scheduler_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(f)
 
 
+# Classes whose __init__ defaults differ from _SCHEDULE_DEFAULTS.
+_CLASS_SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "LCMScheduler": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"},
+}
+
+
 def _get(config: Mapping[str, Any], key: str) -> Any:
-    return config.get(key, _SCHEDULE_DEFAULTS[key])
+    defaults = _CLASS_SCHEDULE_DEFAULTS.get(config.get("_class_name"), {})
+    return config.get(key, defaults.get(key, _SCHEDULE_DEFAULTS[key]))
 
 
 def _betas_for_alpha_bar(num_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
@@ -196,13 +249,14 @@ class _Entry:
     diffjax does not implement, with the neutral value each must have.
     """
 
-    build: Callable[..., Sampler]
+    build: Callable[..., DiffusersLoop]
     keys: Mapping[str, Any]
     unsupported: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Classes that set a zero terminal alpha_bar to 2**-24 (their sigmas would be infinite).
-_CLAMP_ZERO_SNR = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
+_CLAMP_ZERO_SNR = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                   "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
 def _common(config: Mapping[str, Any], opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,21 +267,21 @@ def _common(config: Mapping[str, Any], opts: Mapping[str, Any]) -> dict[str, Any
         "schedule": schedule_from_scheduler_config(config),
         "alphas_cumprod": table,
         "prediction_type": prediction_type_from_scheduler_config(config),
-        "timestep_spacing": opts["timestep_spacing"],
-        "steps_offset": int(opts["steps_offset"]),
+        "timestep_spacing": opts.get("timestep_spacing", "linspace"),
+        "steps_offset": int(opts.get("steps_offset", 0)),
     }
 
 
-def _build_pndm(config, opts, num_steps, eta, noise_fn) -> Sampler:
+def _build_pndm(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
     del eta, noise_fn
-    return pndm(
+    return pndm_loop(
         num_steps=num_steps, skip_prk_steps=bool(opts["skip_prk_steps"]),
         set_alpha_to_one=bool(opts["set_alpha_to_one"]), **_common(config, opts),
     )
 
 
-def _build_ddim(config, opts, num_steps, eta, noise_fn) -> Sampler:
-    return diffusers_ddim(
+def _build_ddim(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    return diffusers_ddim_loop(
         num_steps=num_steps, eta=eta, set_alpha_to_one=bool(opts["set_alpha_to_one"]),
         clip_sample=bool(opts["clip_sample"]), clip_sample_range=float(opts["clip_sample_range"]),
         thresholding=bool(opts["thresholding"]),
@@ -244,25 +298,133 @@ def _sigma_schedule(opts: Mapping[str, Any]) -> str | None:
     return "karras" if karras else "exponential" if expo else None
 
 
-def _build_euler(config, opts, num_steps, eta, noise_fn) -> Sampler:
+def _build_euler(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
     del eta, noise_fn
-    return euler_discrete(
+    return euler_discrete_loop(
         num_steps=num_steps, sigma_schedule=_sigma_schedule(opts), sigma_min=opts["sigma_min"],
         sigma_max=opts["sigma_max"], final_sigmas_type=opts["final_sigmas_type"],
         **_common(config, opts),
     )
 
 
-def _build_euler_ancestral(config, opts, num_steps, eta, noise_fn) -> Sampler:
+def _build_euler_ancestral(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
     del eta
-    return euler_ancestral_discrete(num_steps=num_steps, noise_fn=noise_fn, **_common(config, opts))
+    return euler_ancestral_discrete_loop(
+        num_steps=num_steps, noise_fn=noise_fn, **_common(config, opts)
+    )
 
 
-def _build_lms(config, opts, num_steps, eta, noise_fn) -> Sampler:
+def _build_lms(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
     del eta, noise_fn
-    return lms_discrete(num_steps=num_steps, sigma_schedule=_sigma_schedule(opts),
-                        **_common(config, opts))
+    return lms_discrete_loop(num_steps=num_steps, sigma_schedule=_sigma_schedule(opts),
+                             **_common(config, opts))
 
+
+def _sigma_schedule_dpm(opts: Mapping[str, Any]) -> str | None:
+    chosen = [name for key, name in (("use_karras_sigmas", "karras"),
+                                     ("use_exponential_sigmas", "exponential"),
+                                     ("use_lu_lambdas", "lu")) if opts.get(key)]
+    if len(chosen) > 1:
+        raise ValueError(f"only one of use_karras_sigmas, use_exponential_sigmas, "
+                         f"use_lu_lambdas can be set, got {chosen}")
+    return chosen[0] if chosen else None
+
+
+def _dpm_options(config, opts) -> dict[str, Any]:
+    """The options both DPM-Solver classes share.
+
+    With diffusers' renames: ``deis`` -> ``dpmsolver++``, UniPC's solver types ->
+    ``midpoint``.
+    """
+    algorithm = opts["algorithm_type"]
+    algorithm = "dpmsolver++" if algorithm == "deis" else algorithm
+    solver_type = opts["solver_type"]
+    solver_type = "midpoint" if solver_type in ("logrho", "bh1", "bh2") else solver_type
+    common = _common(config, opts)
+    del common["timestep_spacing"], common["steps_offset"]
+    return {
+        **common, "solver_order": int(opts["solver_order"]), "algorithm_type": algorithm,
+        "solver_type": solver_type, "lower_order_final": bool(opts["lower_order_final"]),
+        "sigma_schedule": _sigma_schedule_dpm(opts),
+        "final_sigmas_type": opts["final_sigmas_type"],
+        "lambda_min_clipped": float(opts["lambda_min_clipped"]),
+        "thresholding": bool(opts["thresholding"]),
+        "dynamic_thresholding_ratio": float(opts["dynamic_thresholding_ratio"]),
+        "sample_max_value": float(opts["sample_max_value"]),
+    }
+
+
+def _build_dpm_multistep(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    del eta
+    return diffusers_dpm_multistep_loop(
+        num_steps=num_steps, euler_at_final=bool(opts["euler_at_final"]),
+        timestep_spacing=opts["timestep_spacing"], steps_offset=int(opts["steps_offset"]),
+        round_fractional=_get(config, "beta_schedule") != "squaredcos_cap_v2",
+        noise_fn=noise_fn, **_dpm_options(config, opts),
+    )
+
+
+def _build_dpm_singlestep(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    del eta
+    options = _dpm_options(config, opts)
+    if options["sigma_schedule"] == "lu":
+        raise ValueError("DPMSolverSinglestepScheduler has no use_lu_lambdas")
+    return diffusers_dpm_singlestep_loop(num_steps=num_steps, noise_fn=noise_fn, **options)
+
+
+def _build_unipc(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    del eta, noise_fn
+    return diffusers_unipc_loop(
+        num_steps=num_steps, solver_order=int(opts["solver_order"]),
+        predict_x0=bool(opts["predict_x0"]), solver_type=opts["solver_type"],
+        lower_order_final=bool(opts["lower_order_final"]),
+        disable_corrector=tuple(opts["disable_corrector"] or ()),
+        sigma_schedule=_sigma_schedule(opts), sigma_min=opts["sigma_min"],
+        sigma_max=opts["sigma_max"], final_sigmas_type=opts["final_sigmas_type"],
+        thresholding=bool(opts["thresholding"]),
+        dynamic_thresholding_ratio=float(opts["dynamic_thresholding_ratio"]),
+        sample_max_value=float(opts["sample_max_value"]), **_common(config, opts),
+    )
+
+
+def _x0_options(opts) -> dict[str, Any]:
+    return {
+        "clip_sample": bool(opts["clip_sample"]),
+        "clip_sample_range": float(opts["clip_sample_range"]),
+        "thresholding": bool(opts["thresholding"]),
+        "dynamic_thresholding_ratio": float(opts["dynamic_thresholding_ratio"]),
+        "sample_max_value": float(opts["sample_max_value"]),
+    }
+
+
+def _build_ddpm(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    del eta
+    return diffusers_ddpm_loop(num_steps=num_steps, variance_type=opts["variance_type"],
+                               noise_fn=noise_fn, **_x0_options(opts), **_common(config, opts))
+
+
+def _build_lcm(config, opts, num_steps, eta, noise_fn) -> DiffusersLoop:
+    del eta
+    common = _common(config, opts)
+    del common["timestep_spacing"], common["steps_offset"]  # LCM's grid reads neither
+    return lcm_loop(
+        num_steps=num_steps, original_inference_steps=int(opts["original_inference_steps"]),
+        timestep_scaling=float(opts["timestep_scaling"]),
+        set_alpha_to_one=bool(opts["set_alpha_to_one"]), noise_fn=noise_fn,
+        **_x0_options(opts), **common,
+    )
+
+
+_THRESHOLD_KEYS = {"thresholding": False, "dynamic_thresholding_ratio": 0.995,
+                   "sample_max_value": 1.0}
+_DPM_KEYS = {
+    **_THRESHOLD_KEYS, "solver_order": 2, "algorithm_type": "dpmsolver++",
+    "solver_type": "midpoint", "use_karras_sigmas": False, "use_exponential_sigmas": False,
+    "final_sigmas_type": "zero", "lambda_min_clipped": -math.inf, "flow_shift": 1.0,
+    "time_shift_type": "exponential",
+}
+_FLOW_UNSUPPORTED = {"use_beta_sigmas": False, "use_flow_sigmas": False,
+                     "use_dynamic_shifting": False}
 
 _SCHEDULERS: dict[str, _Entry] = {
     "PNDMScheduler": _Entry(
@@ -292,10 +454,78 @@ _SCHEDULERS: dict[str, _Entry] = {
          "timestep_spacing": "linspace", "steps_offset": 0},
         {"use_beta_sigmas": False},
     ),
+    "DDPMScheduler": _Entry(
+        _build_ddpm,
+        {**_THRESHOLD_KEYS, "variance_type": "fixed_small", "clip_sample": True,
+         "clip_sample_range": 1.0, "timestep_spacing": "leading", "steps_offset": 0},
+    ),
+    "LCMScheduler": _Entry(
+        _build_lcm,
+        {**_THRESHOLD_KEYS, "original_inference_steps": 50, "clip_sample": False,
+         "clip_sample_range": 1.0, "set_alpha_to_one": True, "steps_offset": 0,
+         "timestep_spacing": "leading", "timestep_scaling": 10.0},
+    ),
+    "DPMSolverMultistepScheduler": _Entry(
+        _build_dpm_multistep,
+        {**_DPM_KEYS, "lower_order_final": True, "euler_at_final": False,
+         "use_lu_lambdas": False, "timestep_spacing": "linspace", "steps_offset": 0},
+        {**_FLOW_UNSUPPORTED, "variance_type": None},
+    ),
+    "DPMSolverSinglestepScheduler": _Entry(
+        _build_dpm_singlestep,
+        {**_DPM_KEYS, "lower_order_final": False},
+        {**_FLOW_UNSUPPORTED, "variance_type": None},
+    ),
+    "UniPCMultistepScheduler": _Entry(
+        _build_unipc,
+        {**_THRESHOLD_KEYS, "solver_order": 2, "predict_x0": True, "solver_type": "bh2",
+         "lower_order_final": True, "disable_corrector": [], "use_karras_sigmas": False,
+         "use_exponential_sigmas": False, "timestep_spacing": "linspace", "steps_offset": 0,
+         "final_sigmas_type": "zero", "sigma_min": None, "sigma_max": None,
+         "flow_shift": 1.0, "time_shift_type": "exponential"},
+        {**_FLOW_UNSUPPORTED, "solver_p": None, "shift_terminal": None},
+    ),
 }
 SUPPORTED_SCHEDULERS = tuple(_SCHEDULERS)
 # Keys a class does not read but that do not change its math.
 _IGNORED = {"_class_name", "_diffusers_version", "_use_default_values"}
+
+
+def loop_from_scheduler_config(
+    config: Mapping[str, Any],
+    num_steps: int,
+    *,
+    eta: Any = 0.0,
+    noise_fn: NoiseFn | None = None,
+) -> DiffusersLoop:
+    """The diffusers-exact loop of a ``scheduler_config.json``.
+
+    A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop`, the full loop with its
+    start left open; the arguments and errors are :func:`sampler_from_scheduler_config`'s.
+    """
+    name = config.get("_class_name")
+    if name not in _SCHEDULERS:
+        raise ValueError(
+            f"scheduler class {name!r} is not supported; supported classes: "
+            f"{list(SUPPORTED_SCHEDULERS)}"
+        )
+    entry = _SCHEDULERS[name]
+    for key, neutral in entry.unsupported.items():
+        if key in config and config[key] != neutral:
+            raise ValueError(
+                f"{name}: config key {key}={config[key]!r} is not supported by diffjax (only "
+                f"{key}={neutral!r})"
+            )
+    known = set(_SCHEDULE_DEFAULTS) | set(entry.keys) | set(entry.unsupported) | _IGNORED
+    unknown = sorted(set(config) - known)
+    if unknown:
+        warnings.warn(
+            f"{name}: config keys {unknown} are not used by this class and are ignored "
+            "(as diffusers' from_config ignores them)",
+            stacklevel=3,
+        )
+    opts = {key: config.get(key, default) for key, default in entry.keys.items()}
+    return entry.build(config, opts, num_steps, eta, noise_fn)
 
 
 def sampler_from_scheduler_config(
@@ -305,7 +535,7 @@ def sampler_from_scheduler_config(
     eta: Any = 0.0,
     noise_fn: NoiseFn | None = None,
 ) -> Sampler:
-    """The diffusers-exact diffjax Sampler for a ``scheduler_config.json``.
+    """The diffusers-exact diffjax Sampler (txt2img) for a ``scheduler_config.json``.
 
     Args:
       config: the parsed config (``_class_name`` and the class's options; absent options
@@ -327,26 +557,44 @@ def sampler_from_scheduler_config(
         classes), an option diffjax does not implement (naming the key and its value), or
         a bad option value.
     """
-    name = config.get("_class_name")
-    if name not in _SCHEDULERS:
-        raise ValueError(
-            f"scheduler class {name!r} is not supported; supported classes: "
-            f"{list(SUPPORTED_SCHEDULERS)}"
-        )
-    entry = _SCHEDULERS[name]
-    for key, neutral in entry.unsupported.items():
-        if key in config and config[key] != neutral:
-            raise ValueError(
-                f"{name}: config key {key}={config[key]!r} is not supported by diffjax (only "
-                f"{key}={neutral!r})"
-            )
-    known = set(_SCHEDULE_DEFAULTS) | set(entry.keys) | set(entry.unsupported) | _IGNORED
-    unknown = sorted(set(config) - known)
-    if unknown:
-        warnings.warn(
-            f"{name}: config keys {unknown} are not used by this class and are ignored "
-            "(as diffusers' from_config ignores them)",
-            stacklevel=2,
-        )
-    opts = {key: config.get(key, default) for key, default in entry.keys.items()}
-    return entry.build(config, opts, num_steps, eta, noise_fn)
+    return loop_sampler(loop_from_scheduler_config(config, num_steps, eta=eta, noise_fn=noise_fn))
+
+
+def img2img_sampler_from_scheduler_config(
+    config: Mapping[str, Any],
+    num_steps: int,
+    strength: Any,
+    *,
+    eta: Any = 0.0,
+    noise_fn: NoiseFn | None = None,
+) -> tuple[Sampler, Callable[[Any, Any], Any]]:
+    """The diffusers-exact img2img Sampler and its start point for a scheduler config.
+
+    diffusers' ``StableDiffusionImg2ImgPipeline``: the last ``min(int(num_steps *
+    strength), num_steps)`` steps of the ``num_steps``-step loop, from
+    ``scheduler.add_noise(image_latents, noise, timesteps[t_start])``; see
+    :func:`diffjax.samplers.diffusers_compat.img2img_sampler`::
+
+        sampler, add_noise = img2img_sampler_from_scheduler_config(config, 25, strength)
+        latents = sample(sampler, denoise, add_noise(image_latents, noise), key, cond)
+
+    Args:
+      config: as for :func:`sampler_from_scheduler_config`.
+      num_steps: diffusers' ``num_inference_steps`` (before ``strength``).
+      strength: in ``[0, 1]``; may be traced (every strength shares one compilation).
+      eta: as for :func:`sampler_from_scheduler_config`.
+      noise_fn: as for :func:`sampler_from_scheduler_config` (its ``step_index`` counts
+        the calls since the start, as diffusers draws them).
+
+    Returns:
+      ``(sampler, add_noise)``: ``add_noise(image_latents, noise) -> x_start`` is the
+      ``x_T`` to pass to :func:`~diffjax.samplers.sample` (``init`` does not rescale it);
+      the sampler keeps the full loop's static ``num_steps`` and skips (with no network
+      call) the calls before the start.
+
+    Raises:
+      ValueError: as :func:`sampler_from_scheduler_config`, or a concrete ``strength``
+        outside ``[0, 1]``.
+    """
+    loop = loop_from_scheduler_config(config, num_steps, eta=eta, noise_fn=noise_fn)
+    return img2img_sampler(loop, strength)
