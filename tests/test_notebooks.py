@@ -76,6 +76,7 @@ def test_notebook_runs_in_small_mode(name, request, tmp_path):
         nb = nbformat.read(f, as_version=4)
     env = subprocess_env(2)
     env["DIFFJAX_NOTEBOOK_MODE"] = "small"
+    env["DIFFJAX_REPO"] = REPO  # notebook 6 finds the tiny Stable Diffusion folder there
     if not name.startswith("01_"):  # notebook 1 trains its own run (no shared model needed)
         env["DIFFJAX_NOTEBOOK_WORKDIR"] = request.getfixturevalue("notebook_workdir")
     env.pop("DIFFJAX_COMPILATION_CACHE", None)

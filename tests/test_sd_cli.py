@@ -48,6 +48,14 @@ def test_txt2img_and_img2img_write_grids(tmp_path, capsys) -> None:
     assert "wrote 2 img2img image(s) 8x8" in capsys.readouterr().out
     assert _png(out2).shape[:2] == (10, 19)
 
+    # The same weights as a CompVis single file (with the folder's configs): the same grid.
+    out3 = tmp_path / "cat_single_file.png"
+    single = os.path.join(os.path.dirname(MODEL), "compvis_tiny_sd1.safetensors")
+    argv = ["txt2img", *COMMON, "--height", "8", "--width", "8", "--out", str(out3)]
+    argv[argv.index(MODEL)] = single
+    assert cli.main([*argv, "--config", MODEL]) == 0
+    np.testing.assert_array_equal(_png(out3), grid)
+
 
 @pytest.mark.parametrize(
     ("argv", "match"),

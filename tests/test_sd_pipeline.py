@@ -62,8 +62,7 @@ def _text(g: dict) -> tuple[list[str], list[str] | None]:
 
 def _config(g: dict) -> dict:
     config = json.loads(str(g["config"]))
-    if config["_class_name"] not in S.SUPPORTED_SCHEDULERS:
-        pytest.skip(f"{config['_class_name']} is not in SUPPORTED_SCHEDULERS yet")
+    assert config["_class_name"] in S.SUPPORTED_SCHEDULERS, config["_class_name"]
     return config
 
 

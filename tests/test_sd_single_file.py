@@ -336,3 +336,18 @@ def test_pickled_ckpt_through_torch(tmp_path):
 
 class _NotATensor:
     """An object weights_only unpickling refuses (as it would refuse code)."""
+
+
+def test_load_pipeline_reads_a_single_file_as_the_folder():
+    from diffjax.stable_diffusion.pipeline import load_pipeline
+
+    a = load_pipeline(_file("sd1"), config=_folder("sd1"))
+    b = load_pipeline(_folder("sd1"))
+    for field in ("unet_params", "vae_params", "text_params"):
+        _assert_same(getattr(a, field), getattr(b, field))
+    assert (a.unet_config, a.vae_config, a.scheduler_config) == (
+        b.unet_config, b.vae_config, b.scheduler_config)
+    with pytest.raises(ValueError, match="single-file"):
+        load_pipeline(_folder("sd1"), prediction_type="epsilon")
+    with pytest.raises(ValueError, match="variant"):
+        load_pipeline(_file("sd1"), config=_folder("sd1"), variant="fp16")

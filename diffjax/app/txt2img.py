@@ -31,7 +31,16 @@ DTYPES = ("float32", "bfloat16")
 def add_arguments(parser: argparse.ArgumentParser, img2img: bool) -> None:
     """The flags of ``txt2img`` (and, with ``img2img``, ``--image`` / ``--strength``)."""
     parser.add_argument("--model", required=True,
-                        help="a diffusers Stable Diffusion folder (model_index.json, unet/, ...)")
+                        help="a diffusers Stable Diffusion folder (model_index.json, unet/, ...) "
+                        "or a CompVis single-file checkpoint (.safetensors, .ckpt)")
+    parser.add_argument("--config", default=None,
+                        help="single files: a diffusers folder with the architecture, scheduler "
+                        "and tokenizer (default: infer SD 1.x / 2.x; then --tokenizer)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="single files: a folder holding tokenizer/ when --config has none")
+    parser.add_argument("--prediction-type", default=None,
+                        choices=("epsilon", "v_prediction"),
+                        help="single files: SD 2.x 768-v checkpoints are v_prediction")
     if img2img:
         parser.add_argument("--image", required=True, help="the input image (PNG/JPEG)")
         parser.add_argument("--strength", type=float, default=0.8,
@@ -112,7 +121,9 @@ def _run(args: argparse.Namespace, generate: Callable[..., Any], what: str) -> N
     _check(args)
     sampler = None if args.sampler is None else parse_sampler(args.sampler)
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model, dtype=getattr(jnp, args.dtype), variant=args.variant)
+    pipe = load_pipeline(args.model, dtype=getattr(jnp, args.dtype), variant=args.variant,
+                         config=args.config, tokenizer=args.tokenizer,
+                         prediction_type=args.prediction_type)
     _say(f"loaded {args.model} ({pipe.scheduler_config.get('_class_name')}, {args.dtype}) in "
          f"{time.perf_counter() - t0:.1f} s")
     out = generate(

@@ -100,6 +100,7 @@ __all__ = [
     "sigma_to_t",
     "strength_thresholds",
     "table_alphas_cumprod",
+    "txt2img_factory",
     "x0_clipping",
 ]
 
@@ -322,6 +323,30 @@ def loop_sampler(loop: DiffusersLoop) -> Sampler:
     )
 
 
+def txt2img_factory(
+    loop_fn: Callable[..., DiffusersLoop], name: str, scheduler_class: str
+) -> Callable[..., Sampler]:
+    """The txt2img Sampler factory of a loop builder: ``loop_sampler(loop_fn(...))``.
+
+    Args:
+      loop_fn: ``loop_fn(schedule, num_steps, **options) -> DiffusersLoop``.
+      name: the factory's ``__name__``.
+      scheduler_class: the diffusers class, for the docstring.
+    """
+
+    def factory(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
+        return loop_sampler(loop_fn(schedule, num_steps, **options))
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = loop_fn.__module__
+    factory.__doc__ = (
+        f"Diffusers' ``{scheduler_class}`` as a txt2img Sampler (``x_T`` unit noise).\n\n"
+        f"``loop_sampler({loop_fn.__name__}(schedule, num_steps, **options))``; ``nfe`` counts "
+        f"the network calls. See :func:`{loop_fn.__name__}` for the options.\n"
+    )
+    return factory
+
+
 def _shortest_float32(value: np.float32) -> float:
     """The shortest decimal that rounds to ``value`` in float32, as a Python float."""
     return float(np.format_float_positional(np.float32(value), unique=True))
@@ -485,15 +510,6 @@ def x0_clipping(
     return lambda x0: x0
 
 
-def diffusers_ddim(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``DDIMScheduler`` as a txt2img Sampler (``nfe = num_steps``).
-
-    ``loop_sampler(diffusers_ddim_loop(schedule, num_steps, **options))``; see
-    :func:`diffusers_ddim_loop` for the step and the options.
-    """
-    return loop_sampler(diffusers_ddim_loop(schedule, num_steps, **options))
-
-
 def diffusers_ddim_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -595,3 +611,6 @@ def diffusers_ddim_loop(
         noise_coeffs=noise_coeffs_table(num_steps, *alpha_bar_noise_coeffs(ac, ts).T),
         order=None if stochastic else 1,
     )
+
+
+diffusers_ddim = txt2img_factory(diffusers_ddim_loop, "diffusers_ddim", "DDIMScheduler")

@@ -42,14 +42,13 @@ from diffjax.samplers.diffusers_compat import (
     check_num_steps,
     default_noise,
     diffusers_ddim_timesteps,
-    loop_sampler,
     noise_coeffs_table,
     predicted_x0,
     raw_model_output,
     table_alphas_cumprod,
+    txt2img_factory,
     x0_clipping,
 )
-from diffjax.samplers.driver import Sampler
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
@@ -104,14 +103,6 @@ def _x0_loop(
         noise_coeffs=noise_coeffs_table(num_calls, *alpha_bar_noise_coeffs(ac, ts).T),
         order=None,
     )
-
-
-def diffusers_ddpm(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``DDPMScheduler`` as a txt2img Sampler (stochastic, ``nfe = num_steps``).
-
-    See :func:`diffusers_ddpm_loop` for the options.
-    """
-    return loop_sampler(diffusers_ddpm_loop(schedule, num_steps, **options))
 
 
 def diffusers_ddpm_loop(
@@ -209,14 +200,6 @@ def lcm_timesteps(
     return origin[idx].astype(np.int64)
 
 
-def lcm(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``LCMScheduler`` as a txt2img Sampler (stochastic, ``nfe = num_steps``).
-
-    See :func:`lcm_loop` for the options.
-    """
-    return loop_sampler(lcm_loop(schedule, num_steps, **options))
-
-
 def lcm_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -307,3 +290,9 @@ def guidance_scale_embedding(
     if embedding_dim % 2:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
     return emb.astype(dtype)
+
+
+diffusers_ddpm = txt2img_factory(diffusers_ddpm_loop, "diffusers_ddpm", "DDPMScheduler")
+
+
+lcm = txt2img_factory(lcm_loop, "lcm", "LCMScheduler")

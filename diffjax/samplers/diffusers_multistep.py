@@ -58,13 +58,12 @@ from diffjax.samplers.diffusers_compat import (
     convert_sigmas,
     default_noise,
     diffusers_threshold,
-    loop_sampler,
     noise_coeffs_table,
     raw_model_output,
     sigma_to_t,
     table_alphas_cumprod,
+    txt2img_factory,
 )
-from diffjax.samplers.driver import Sampler
 from diffjax.samplers.exponential import LOWER_ORDER_FINAL_STEPS
 from diffjax.schedules import DiscreteSchedule
 
@@ -464,16 +463,6 @@ def _dpm_tables(
                    singlestep=singlestep)
 
 
-def diffusers_dpm_multistep(
-    schedule: DiscreteSchedule, num_steps: int, **options: Any
-) -> Sampler:
-    """Diffusers' ``DPMSolverMultistepScheduler`` as a txt2img Sampler.
-
-    ``nfe = num_steps``; see :func:`diffusers_dpm_multistep_loop` for the options.
-    """
-    return loop_sampler(diffusers_dpm_multistep_loop(schedule, num_steps, **options))
-
-
 def diffusers_dpm_multistep_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -582,16 +571,6 @@ def singlestep_order_list(
     if final_sigmas_type == "zero":
         orders[-1] = 1
     return orders
-
-
-def diffusers_dpm_singlestep(
-    schedule: DiscreteSchedule, num_steps: int, **options: Any
-) -> Sampler:
-    """Diffusers' ``DPMSolverSinglestepScheduler`` as a txt2img Sampler.
-
-    ``nfe = num_steps``; see :func:`diffusers_dpm_singlestep_loop` for the options.
-    """
-    return loop_sampler(diffusers_dpm_singlestep_loop(schedule, num_steps, **options))
 
 
 def diffusers_dpm_singlestep_loop(
@@ -728,14 +707,6 @@ def _unipc_update(
     return ratio, new, outs
 
 
-def diffusers_unipc(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``UniPCMultistepScheduler`` as a txt2img Sampler.
-
-    ``nfe = num_steps``; see :func:`diffusers_unipc_loop` for the options.
-    """
-    return loop_sampler(diffusers_unipc_loop(schedule, num_steps, **options))
-
-
 def diffusers_unipc_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -825,3 +796,18 @@ def diffusers_unipc_loop(
                                 sample_max_value),
         order=None,
     )
+
+
+diffusers_dpm_multistep = txt2img_factory(
+    diffusers_dpm_multistep_loop, "diffusers_dpm_multistep", "DPMSolverMultistepScheduler"
+)
+
+
+diffusers_dpm_singlestep = txt2img_factory(
+    diffusers_dpm_singlestep_loop, "diffusers_dpm_singlestep", "DPMSolverSinglestepScheduler"
+)
+
+
+diffusers_unipc = txt2img_factory(
+    diffusers_unipc_loop, "diffusers_unipc", "UniPCMultistepScheduler"
+)

@@ -51,13 +51,12 @@ from diffjax.samplers.diffusers_compat import (
     check_spacing,
     convert_sigmas,
     default_noise,
-    loop_sampler,
     noise_coeffs_table,
     raw_model_output,
     sigma_to_t,
     table_alphas_cumprod,
+    txt2img_factory,
 )
-from diffjax.samplers.driver import Sampler
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
@@ -271,15 +270,6 @@ def _sigma_loop(
     )
 
 
-def euler_discrete(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``EulerDiscreteScheduler`` as a txt2img Sampler.
-
-    ``nfe = num_steps``, ``order = 1``; ``init`` takes unit noise. See
-    :func:`euler_discrete_loop` for the options.
-    """
-    return loop_sampler(euler_discrete_loop(schedule, num_steps, **options))
-
-
 def euler_discrete_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -328,17 +318,6 @@ def euler_discrete_loop(
         return EulerState(x=(x + d * dt).astype(x.dtype))
 
     return _sigma_loop(step, EulerState, schedule, sigmas, init_sigma, order=1)
-
-
-def euler_ancestral_discrete(
-    schedule: DiscreteSchedule, num_steps: int, **options: Any
-) -> Sampler:
-    """Diffusers' ``EulerAncestralDiscreteScheduler`` as a txt2img Sampler.
-
-    Stochastic (``order=None``), ``nfe = num_steps``. See
-    :func:`euler_ancestral_discrete_loop` for the options.
-    """
-    return loop_sampler(euler_ancestral_discrete_loop(schedule, num_steps, **options))
 
 
 def euler_ancestral_discrete_loop(
@@ -393,15 +372,6 @@ def euler_ancestral_discrete_loop(
         return EulerState(x=x_new.astype(dtype))
 
     return _sigma_loop(step, EulerState, schedule, sigmas, init_sigma, order=None)
-
-
-def lms_discrete(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``LMSDiscreteScheduler`` as a txt2img Sampler.
-
-    ``nfe = num_steps``, ``order=None`` (the last step lands on sigma 0, where the
-    multistep order is not measured). See :func:`lms_discrete_loop` for the options.
-    """
-    return loop_sampler(lms_discrete_loop(schedule, num_steps, **options))
 
 
 def lms_discrete_loop(
@@ -459,3 +429,14 @@ def lms_discrete_loop(
         return LMSState(x=x_new.astype(x.dtype), derivatives=ders)
 
     return _sigma_loop(step, init, schedule, sigmas, init_sigma, order=None)
+
+
+euler_discrete = txt2img_factory(euler_discrete_loop, "euler_discrete", "EulerDiscreteScheduler")
+
+
+euler_ancestral_discrete = txt2img_factory(
+    euler_ancestral_discrete_loop, "euler_ancestral_discrete", "EulerAncestralDiscreteScheduler"
+)
+
+
+lms_discrete = txt2img_factory(lms_discrete_loop, "lms_discrete", "LMSDiscreteScheduler")

@@ -44,12 +44,11 @@ from diffjax.samplers.diffusers_compat import (
     alpha_bar_noise_coeffs,
     check_num_steps,
     check_spacing,
-    loop_sampler,
     noise_coeffs_table,
     raw_model_output,
     table_alphas_cumprod,
+    txt2img_factory,
 )
-from diffjax.samplers.driver import Sampler
 from diffjax.schedules import DiscreteSchedule
 
 Array = jax.Array
@@ -199,18 +198,6 @@ def _variant_times(
     return np.concatenate(t, axis=1), np.concatenate(prev, axis=1)
 
 
-def pndm(schedule: DiscreteSchedule, num_steps: int, **options: Any) -> Sampler:
-    """Diffusers' ``PNDMScheduler`` as a txt2img Sampler.
-
-    ``loop_sampler(pndm_loop(schedule, num_steps, **options))``: ``num_steps`` and ``nfe``
-    are the number of network calls (``num_steps + 1``, or ``num_steps + 9`` with the
-    Runge-Kutta warm-up) and ``order=None``: its steps are not on one grid of
-    ``num_steps`` (the warm-up repeats a time), so tests/test_sampler_order.py's measure
-    does not apply. See :func:`pndm_loop` for the options.
-    """
-    return loop_sampler(pndm_loop(schedule, num_steps, **options))
-
-
 def pndm_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -236,8 +223,11 @@ def pndm_loop(
 
     Returns:
       A :class:`~diffjax.samplers.diffusers_compat.DiffusersLoop` of one call per network
-      evaluation; its counters (``counter``, ``ets``, ``cur_sample``) follow the calls
-      since the start, as a fresh scheduler's do after img2img's slice.
+      evaluation (``num_steps + 1`` calls with ``skip_prk_steps``, ``num_steps + 9``
+      without; the txt2img sampler's ``order`` is ``None``: the warm-up repeats a time,
+      so tests/test_sampler_order.py's measure does not apply); its counters
+      (``counter``, ``ets``, ``cur_sample``) follow the calls since the start, as a fresh
+      scheduler's do after img2img's slice.
 
     Raises:
       ValueError: for an x0 network, a bad spacing, or timesteps outside the table.
@@ -320,3 +310,6 @@ def pndm_loop(
         ),
         order=None,
     )
+
+
+pndm = txt2img_factory(pndm_loop, "pndm", "PNDMScheduler")

@@ -203,23 +203,59 @@ class StableDiffusionPipeline:
         return self._replicated[mesh]
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+
+
 def load_pipeline(
-    path: str | os.PathLike[str], *, dtype: Any = jnp.float32, variant: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    dtype: Any = jnp.float32,
+    variant: str | None = None,
+    config: Any = None,
+    tokenizer: Any = None,
+    prediction_type: str | None = None,
 ) -> StableDiffusionPipeline:
-    """Loads a diffusers Stable Diffusion folder (``model_index.json`` + components).
+    """Loads a diffusers Stable Diffusion folder, or a CompVis single-file checkpoint.
 
     Args:
-      path: The folder (``save_pretrained`` layout).
+      path: The folder (``save_pretrained`` layout: ``model_index.json`` + components),
+        or an original CompVis checkpoint file (``.safetensors``; ``.ckpt`` / ``.pt``
+        through the ``convert`` extra), read by
+        :func:`~diffjax.stable_diffusion.single_file.load_single_file`.
       dtype: Weight and compute dtype: ``jnp.float32``, or ``jnp.bfloat16`` for
         accelerators (sampler state and guidance arithmetic stay float32).
-      variant: ``"fp16"`` for the ``*.fp16.safetensors`` files.
+      variant: ``"fp16"`` for the ``*.fp16.safetensors`` files (folders only).
+      config: Single files only: a diffusers folder (or dict of component configs)
+        giving the architecture, scheduler and tokenizer; ``None`` infers the standard
+        SD 1.x / 2.x architecture from the tensor shapes.
+      tokenizer: Single files only: the tokenizer (or a folder holding ``tokenizer/``)
+        when ``config`` has none.
+      prediction_type: Single files only: ``'epsilon'`` or ``'v_prediction'`` (SD 2.x
+        768-v checkpoints are v; the weights cannot tell).
 
     Raises:
-      FileNotFoundError: A missing folder or component (its name and path).
-      ValueError / KeyError: Unsupported classes or configs, mismatched tensors (named).
+      FileNotFoundError: A missing folder, file or component (its name and path).
+      ValueError / KeyError: Unsupported classes or configs, mismatched tensors (named),
+        or single-file options given for a folder.
     """
     path = os.fspath(path)
     dtype_name = _dtype_name(dtype)
+    if os.path.isfile(path) and path.endswith(SINGLE_FILE_SUFFIXES):
+        from diffjax.stable_diffusion.single_file import load_single_file
+
+        if variant is not None:
+            raise ValueError(f"variant={variant!r} applies to folders, not to a single file")
+        parts = load_single_file(path, config=config, tokenizer=tokenizer,
+                                 prediction_type=prediction_type, dtype=dtype)
+        fields = [getattr(parts, f.name) for f in dataclasses.fields(parts)]
+        return StableDiffusionPipeline(*fields, _DTYPES[dtype_name], path)
+    given = {"config": config, "tokenizer": tokenizer, "prediction_type": prediction_type}
+    extra = sorted(k for k, v in given.items() if v is not None)
+    if extra:
+        raise ValueError(
+            f"{extra} apply to single-file checkpoints ({', '.join(SINGLE_FILE_SUFFIXES)}); "
+            f"{path} is read as a diffusers folder, which carries its own"
+        )
     folder = open_folder(path)
     for name in _COMPONENTS:
         folder.component_dir(name)  # FileNotFoundError naming the component and path
