@@ -917,14 +917,15 @@ CELLS_06 = [
             if repo:
                 here = os.path.join(repo, "tests", "data", "tiny_sd1")
             if not os.path.isdir(here):  # Colab: the tiny folder from the repository
-                clone = ["git", "clone", "-q", "--depth", "1", "{REPO_URL}", "diffjax_repo"]
+                url = "{REPO_URL}"
+                clone = ["git", "clone", "-q", "--depth", "1", url, "diffjax_repo"]
                 subprocess.run(clone, check=False)
                 here = os.path.abspath("diffjax_repo/tests/data/tiny_sd1")
             MODEL = here
         print("model:", MODEL, "devices:", jax.devices())
 
-        def show(images, title=""):
-            """Shows uint8 images side by side."""
+        def show(images, title=""):  # noqa: D103
+            # Shows uint8 images side by side.
             plt.figure(figsize=(2 * len(images), 2.3))
             plt.imshow(np.concatenate(list(images), axis=1), interpolation="nearest")
             plt.axis("off")
