@@ -24,7 +24,8 @@ Calls alternate between the two (ours, theirs, the order flipped each round).
 routed to cuDNN's fused kernel where it applies (head dim a multiple of 8 and <= 128,
 half precision; SD 1.5's 1280-wide blocks have 160-channel heads and stay on XLA's
 path): the library passes no ``implementation``, which in JAX 0.10 means XLA's
-unfused softmax(QK^T)V. Budget: under 8 minutes on an H100 with the defaults.
+unfused softmax(QK^T)V. Sized to take under 8 minutes on an H100 with the defaults
+(not yet run on a GPU).
 
 ``--tiny``: the tiny architecture, 2 steps (the fewest DPM-Solver++(2M) takes), batch 1,
 one repeat, on whatever device is there (torch float32 on a CPU, which has no fast

@@ -21,8 +21,8 @@ Measured, in this order:
 
 Threads: torch uses ``torch.get_num_threads()`` intra-op threads (``--threads``; default
 every core), XLA:CPU one device with its own Eigen pool over every core. Both models'
-fp32 weights (3.4 GB each) are resident at once; peak RSS is about 12 GB while the weights
-are converted.
+fp32 weights (3.4 GB each) are resident at once; peak RSS was 13.3 GiB (the conversion's
+copy included).
 
 Needs torch and diffusers (the ``parity`` extra); the library never imports them.
 

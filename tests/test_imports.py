@@ -71,6 +71,8 @@ def _loaded_top_level(module: str) -> list[str]:
         ("diffjax", HEAVY),
         ("diffjax.samplers", APP_STACK),
         ("diffjax.schedules", APP_STACK),
+        # Stable Diffusion users need neither a training stack nor a data pipeline.
+        ("diffjax.stable_diffusion.pipeline", APP_STACK),
         ("diffjax.app.cli", ("jax",)),
         # Config validation runs before JAX loads; the UNet's group arithmetic with it.
         ("diffjax.app.config", HEAVY),

@@ -25,7 +25,9 @@ The network (Rombach et al. 2022, section 3.3; Ho et al. 2020 appendix B):
   ``x += ff(LN(x))`` with the GEGLU feed-forward ``net_2(a * gelu(g))``,
   ``[a, g] = net_0.proj(x)`` (inner width ``4 dim``, exact gelu).
 * Attention: ``softmax(q k^T / sqrt(d_head)) v`` with ``to_q/to_k/to_v`` (no bias) and
-  ``to_out_0`` (biased), through :func:`jax.nn.dot_product_attention` (fused on GPUs).
+  ``to_out_0`` (biased), through :func:`jax.nn.dot_product_attention` (its default
+  implementation; in JAX 0.10 that is XLA's unfused path on every backend, measured in
+  experiments/results/sd_bench).
 
 Heads: diffusers' ``attention_head_dim`` is, for historical reasons
 (https://github.com/huggingface/diffusers/issues/2011), the NUMBER of heads of each block

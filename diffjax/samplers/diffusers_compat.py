@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax._checks import is_int
 from diffjax.parameterization import Denoised, DenoiseFn, check_prediction_type
 from diffjax.samplers.driver import Sampler, check_nonnegative_scalar, concrete_value, state_dtype
 from diffjax.samplers.exponential import dynamic_threshold
@@ -209,7 +210,7 @@ def check_spacing(timestep_spacing: str) -> str:
 
 def check_num_steps(num_steps: Any, num_timesteps: int) -> int:
     """A step count in ``[1, num_timesteps]``."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+    if not is_int(num_steps):
         raise TypeError(f"num_steps must be an int, got {num_steps!r}")
     if not 1 <= int(num_steps) <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
