@@ -61,6 +61,16 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
 
 
 def test_watcher_takes_sigint_and_a_second_ctrl_c_aborts():
+    # A process started in the background by a non-interactive shell inherits SIGINT
+    # ignored; the watcher restores whatever it found, so start from Python's default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _sigint_round_trip()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_round_trip():
     with PreemptionWatcher(manager=None) as watcher:
         signal.raise_signal(signal.SIGINT)
         assert watcher.reached(1) and watcher.signal_name == "SIGINT"
