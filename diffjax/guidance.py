@@ -53,7 +53,7 @@ from diffjax.schedules import VPSchedule
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = ["classifier_free_guidance"]
+__all__ = ["classifier_free_guidance", "guidance_rescale_correction"]
 
 
 def _null_like(cond: Any, null_cond: Any) -> Any:
@@ -112,6 +112,27 @@ def _check_interval(interval: Any) -> tuple[Array, Array] | None:
 def _std(a: Array) -> Array:
     """Per-example standard deviation over the non-batch axes, shaped ``(B, 1, ..., 1)``."""
     return jnp.std(a, axis=tuple(range(1, a.ndim)), keepdims=True)
+
+
+def guidance_rescale_correction(guided: Array, cond: Array, rescale: ArrayLike) -> Array:
+    """Lin et al. (2024) Eq. 15-16 as a correction: ``out = guided + correction``.
+
+    ``guided_rescaled = guided * std(cond) / std(guided)`` (per example, over the
+    non-batch axes; the ratio is the same for the biased and the unbiased std) blended
+    by ``rescale``: ``correction = rescale * (guided_rescaled - guided)``. A zero
+    ``std(guided)`` leaves the example unrescaled.
+
+    Args:
+      guided: the guided prediction ``(B, ...)``.
+      cond: the conditional prediction, same shape.
+      rescale: ``phi`` in ``[0, 1]`` (may be traced).
+
+    Returns:
+      The correction, ``guided``'s shape.
+    """
+    std_cfg = _std(guided)
+    ratio = _std(cond) / jnp.where(std_cfg > 0, std_cfg, 1.0)
+    return jnp.asarray(rescale, guided.dtype) * (guided * ratio - guided)
 
 
 def classifier_free_guidance(
@@ -192,9 +213,7 @@ def classifier_free_guidance(
         eps, x0 = blend(out.eps), blend(out.x0)
         if use_rescale:
             eps_cond = jnp.asarray(out.eps, jnp.float32)[:batch]
-            std_cfg = _std(eps)
-            ratio = _std(eps_cond) / jnp.where(std_cfg > 0, std_cfg, 1.0)
-            delta = phi * (eps * ratio - eps)  # eps_final - eps_cfg
+            delta = guidance_rescale_correction(eps, eps_cond, phi)  # eps_final - eps_cfg
             sigma_over_alpha = expand_to(schedule.sigma(t_vec) / schedule.alpha(t_vec), x)
             # x0 = (x - sigma eps_final) / alpha, written as a correction of the guided x0.
             eps, x0 = eps + delta, x0 - sigma_over_alpha * delta

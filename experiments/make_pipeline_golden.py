@@ -4,14 +4,16 @@ For ``tests/data/tiny_sd1`` (SD 1.x-like, eps) and ``tests/data/tiny_sd2`` (SD 2
 v-prediction) this runs diffusers' ``StableDiffusionPipeline`` (float32, CPU) once per
 scheduler class of issue 13 (PNDM, DDIM, DDPM, Euler, Euler ancestral, LMS,
 DPMSolverMultistep, DPMSolverSinglestep, UniPC, LCM; swapped in with
-``Scheduler.from_config(pipe.scheduler.config)`` as users do), plus DDIM with ``eta=0.5``,
+``Scheduler.from_config(pipe.scheduler.config)`` as users do), plus DDIM with ``eta=0.5``
+and DDIM with ``guidance_rescale=0.7`` (txt2img's ``rescale_noise_cfg``),
 and ``StableDiffusionImg2ImgPipeline`` for a few classes at ``strength=0.6``. Every case
 uses two prompts, guidance 7.5, an 8x8 image (4x4 latents: the tiny VAE halves the size;
 diffusers' pipelines want multiples of 8) and given initial ``latents`` (unit noise).
 
 Recorded per case (``<pipe>/<case>/...``; arrays NHWC, diffjax's layout):
 ``config`` (the scheduler config JSON), ``steps``, ``guidance``, ``eta``, ``prompts`` and
-``negative_prompts`` (JSON; ``null`` for diffusers' default ``""``), ``noise`` (the unit
+``negative_prompts`` (JSON; ``null`` for diffusers' default ``""``), ``guidance_rescale``
+(txt2img), ``noise`` (the unit
 ``latents`` given), ``step_noise`` (what the scheduler drew through ``randn_tensor`` for
 its stochastic steps, one row per draw, only for the classes that use it), ``latents``
 (final, via ``callback_on_step_end``) and ``images`` (``output_type='np'``, in [0, 1]).
@@ -109,7 +111,7 @@ def images_uint8(seed: int) -> np.ndarray:
 
 
 def run(pipe_name: str, pipe, name: str, case: str, *, eta: float = 0.0,
-        img2img: bool = False) -> dict[str, np.ndarray]:
+        img2img: bool = False, guidance_rescale: float = 0.0) -> dict[str, np.ndarray]:
     config = scheduler_config(pipe, name)
     steps = STEPS[pipe_name]
     gen = torch.Generator().manual_seed(len(case))
@@ -137,8 +139,10 @@ def run(pipe_name: str, pipe, name: str, case: str, *, eta: float = 0.0,
             out["start_noise"] = nhwc(rec.stacked([_IMG2IMG_MODULE])[0])
         else:
             noise = torch.randn((len(PROMPTS), 4, h, h), generator=gen)
-            result = pipe(latents=noise.clone(), height=SIZE, width=SIZE, **common)
+            result = pipe(latents=noise.clone(), height=SIZE, width=SIZE,
+                          guidance_rescale=guidance_rescale, **common)
             out["noise"] = nhwc(noise.numpy())
+            out["guidance_rescale"] = np.float32(guidance_rescale)
         step_noise = rec.stacked(_SCHEDULER_MODULES)
     if step_noise is not None and (name in STOCHASTIC or eta > 0):
         out["step_noise"] = nhwc(step_noise)
@@ -161,6 +165,7 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         cases = [(n, n, {}) for n in CLASSES]
         cases.append(("DDIMScheduler", "DDIMScheduler_eta", {"eta": 0.5}))
+        cases.append(("DDIMScheduler", "DDIMScheduler_rescale", {"guidance_rescale": 0.7}))
         cases += [(n, f"img2img_{n}", {"img2img": True}) for n in IMG2IMG[pipe_name]]
         for name, case, kwargs in cases:
             for field, value in run(pipe_name, pipe, name, case, **kwargs).items():

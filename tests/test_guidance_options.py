@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffjax import schedules as S
-from diffjax.guidance import classifier_free_guidance
+from diffjax.guidance import classifier_free_guidance, guidance_rescale_correction
 from diffjax.parameterization import eps_to_x0, make_denoiser
 
 SCHED = S.make_schedule("linear", 1000)
@@ -78,6 +78,23 @@ def test_partial_rescale_blends_linearly():
     chex.assert_trees_all_close(
         gh, jax.tree.map(lambda a, b: 0.7 * a + 0.3 * b, g0, g1), rtol=1e-4, atol=1e-4
     )
+
+
+def test_rescale_correction_is_diffusers_rescale_noise_cfg():
+    """diffusers' rescale_noise_cfg (torch's unbiased std), written out in float64."""
+    rng = np.random.default_rng(0)
+    guided = rng.normal(size=(2, 4, 4, 3)) * np.array([3.0, 0.5]).reshape(2, 1, 1, 1)
+    cond = rng.normal(size=guided.shape)
+    phi = 0.7
+    axes = (1, 2, 3)
+    std_text = cond.std(axis=axes, ddof=1, keepdims=True)
+    std_cfg = guided.std(axis=axes, ddof=1, keepdims=True)
+    want = phi * (guided * std_text / std_cfg) + (1 - phi) * guided
+    got = guided + guidance_rescale_correction(jnp.asarray(guided, jnp.float32),
+                                               jnp.asarray(cond, jnp.float32), phi)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-6)
+    zero = guidance_rescale_correction(jnp.zeros((1, 2, 2, 1)), jnp.ones((1, 2, 2, 1)), 1.0)
+    np.testing.assert_array_equal(np.asarray(zero), 0.0)  # std(guided) = 0: unrescaled
 
 
 def test_interval_outside_is_conditional_inside_is_guided():

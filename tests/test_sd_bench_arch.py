@@ -24,6 +24,8 @@ def test_sd15_param_counts(arch):
     structs = arch.param_structs(arch.SD15, jnp.bfloat16)
     assert {k: param_count(v) for k, v in structs.items()} == SD15_COUNTS
     assert {s.dtype for s in jax.tree.leaves(structs)} == {jnp.dtype("bfloat16")}
+    unet_config = arch.configs(arch.SD15)[0]
+    assert unet_config.num_attention_heads == (8, 8, 8, 8)  # SD 1.x: attention_head_dim=8
 
 
 def test_tiny_has_sd15_block_types(arch):

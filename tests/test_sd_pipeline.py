@@ -52,7 +52,7 @@ def pipeline(name: str) -> P.StableDiffusionPipeline:
 @functools.cache
 def guided_unet(name: str):
     spec = pipeline(name).spec
-    return jax.jit(lambda p, x, t, ctx, unc, w: P.guided_model_fn(spec, True, p, w)(
+    return jax.jit(lambda p, x, t, ctx, unc, w, phi: P.guided_model_fn(spec, True, p, w, phi)(
         x, t, (ctx, unc)))
 
 
@@ -85,7 +85,8 @@ def _denoiser(name: str, g: dict, config: dict):
     unc = P._embeddings(pipe, negatives or [""] * len(prompts), None)
     unet = guided_unet(name)
     w = jnp.float32(g["guidance"])
-    return make_denoiser(lambda x, t, c: unet(pipe.unet_params, x, t, ctx, unc, w),
+    phi = jnp.float32(g.get("guidance_rescale", 0.0))
+    return make_denoiser(lambda x, t, c: unet(pipe.unet_params, x, t, ctx, unc, w, phi),
                          S.schedule_from_scheduler_config(config),
                          S.prediction_type_from_scheduler_config(config))
 
@@ -139,18 +140,22 @@ def _txt2img_case(name: str, case: str, **kwargs):
 
 
 def test_jitted_txt2img_matches_diffusers_and_shards(monkeypatch) -> None:
-    """The folder's PNDM through the jitted pipeline; new prompt/scale/seed: no retrace."""
+    """DDIM with guidance_rescale through the jitted pipeline (sharded); new prompt, scale,
+    rescale and seed: no retrace. (PNDM, the folder's default, runs jitted in img2img.)"""
     monkeypatch.setattr(P, "_run", chex.assert_max_traces(P._run, n=1))
     P._compiled.cache_clear()
-    g, (images, latents) = _txt2img_case("sd1", "PNDMScheduler")
-    _check("sd1", "PNDMScheduler", latents, images, g)
+    case = "DDIMScheduler_rescale"
+    g = golden("sd1", case)
+    assert float(g["guidance_rescale"]) == np.float32(0.7)
+    g, (images, latents) = _txt2img_case("sd1", case, guidance_rescale=0.7)
+    _check("sd1", case, latents, images, g)
     assert len(latents.sharding.device_set) == jax.device_count() == 2
-    pipe = pipeline("sd1")
+    pipe = pipeline("sd1").with_scheduler(_config(g))
     other = P.txt2img(pipe, ["a dog", "a cat"], negative_prompt="blurry", steps=6,
                       guidance_scale=3.0, seed=5, height=8, width=8, output="float")
     again = P.txt2img(pipe, ["a dog", "a cat"], negative_prompt="blurry", steps=6,
                       guidance_scale=3.0, seed=jax.random.key(5), height=8, width=8,
-                      output="float")
+                      output="float", guidance_rescale=0.0)
     chex.assert_shape(other, (2, 8, 8, 3))
     np.testing.assert_array_equal(np.asarray(other), np.asarray(again))
     assert float(np.abs(np.asarray(other) - np.asarray(images)).max()) > 1e-3
@@ -204,8 +209,8 @@ def test_sliced_decode_equals_whole() -> None:
 
 
 def test_guidance_embedding_formula() -> None:
-    w = jnp.asarray([0.0, 6.5])
-    emb = P.guidance_scale_embedding(w, 7)
+    guidance_scale = jnp.asarray([1.0, 7.5])  # w = guidance_scale - 1 = 0 and 6.5
+    emb = P.guidance_scale_embedding(guidance_scale, 7)
     chex.assert_shape(emb, (2, 7))
     f = np.exp(np.arange(3) * -(np.log(10000.0) / 2))
     np.testing.assert_allclose(emb[1, :3], np.sin(6500.0 * f), rtol=1e-4, atol=1e-4)
@@ -218,6 +223,7 @@ def test_guidance_embedding_formula() -> None:
         (lambda p: P.txt2img(p, "x", height=10, width=8), "height=10 is not a multiple of 4"),
         (lambda p: P.txt2img(p, "x", num_images_per_prompt=0), "num_images_per_prompt"),
         (lambda p: P.txt2img(p, "x", output="png"), "output"),
+        (lambda p: P.txt2img(p, "x", guidance_rescale=1.5), r"guidance_rescale must lie in"),
         (lambda p: P.txt2img(p, "x", sampler=parse_sampler("dpm++2m"), eta=0.5),
          "takes no eta"),
         (lambda p: P.txt2img(p, "x", latents=np.zeros((1, 4, 4, 4)), height=16, width=16),

@@ -31,8 +31,11 @@ DTYPES = ("float32", "bfloat16")
 def add_arguments(parser: argparse.ArgumentParser, img2img: bool) -> None:
     """The flags of ``txt2img`` (and, with ``img2img``, ``--image`` / ``--strength``)."""
     parser.add_argument("--model", required=True,
-                        help="a diffusers Stable Diffusion folder (model_index.json, unet/, ...) "
-                        "or a CompVis single-file checkpoint (.safetensors, .ckpt)")
+                        help="a diffusers Stable Diffusion folder (model_index.json, unet/, ...), "
+                        "a CompVis single-file checkpoint (.safetensors, .ckpt), or a Hugging "
+                        "Face Hub repo id owner/name (the hub extra)")
+    parser.add_argument("--revision", default=None,
+                        help="Hub repo ids: a branch, tag or commit")
     parser.add_argument("--config", default=None,
                         help="single files: a diffusers folder with the architecture, scheduler "
                         "and tokenizer (default: infer SD 1.x / 2.x; then --tokenizer)")
@@ -55,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser, img2img: bool) -> None:
                         help="classifier-free guidance scale (<= 1: none)")
     parser.add_argument("--seed", type=int, default=0)
     if not img2img:
+        parser.add_argument("--guidance-rescale", type=float, default=0.0,
+                            help="diffusers' guidance_rescale in [0, 1] (0.7 for zero-SNR v "
+                            "models; Lin et al. 2024)")
         parser.add_argument("--height", type=int, default=None,
                             help="default: the UNet's sample_size x the VAE factor")
         parser.add_argument("--width", type=int, default=None)
@@ -102,6 +108,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--guidance={args.guidance} must be a finite number")
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out={args.out!r} must be a .png file")
+    rescale = getattr(args, "guidance_rescale", 0.0)
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"--guidance-rescale={rescale} must lie in [0, 1]")
     strength = getattr(args, "strength", None)
     if strength is not None and not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength={args.strength} must lie in [0, 1]")
@@ -123,7 +132,7 @@ def _run(args: argparse.Namespace, generate: Callable[..., Any], what: str) -> N
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype=getattr(jnp, args.dtype), variant=args.variant,
                          config=args.config, tokenizer=args.tokenizer,
-                         prediction_type=args.prediction_type)
+                         prediction_type=args.prediction_type, revision=args.revision)
     _say(f"loaded {args.model} ({pipe.scheduler_config.get('_class_name')}, {args.dtype}) in "
          f"{time.perf_counter() - t0:.1f} s")
     out = generate(
@@ -142,7 +151,8 @@ def run_txt2img(args: argparse.Namespace) -> None:
     from diffjax.stable_diffusion.pipeline import txt2img
 
     def generate(pipe, prompt, **kwargs):
-        return txt2img(pipe, prompt, height=args.height, width=args.width, **kwargs)
+        return txt2img(pipe, prompt, height=args.height, width=args.width,
+                       guidance_rescale=args.guidance_rescale, **kwargs)
 
     _run(args, generate, "txt2img")
 

@@ -103,6 +103,7 @@ __all__ = [
     "table_alphas_cumprod",
     "txt2img_factory",
     "x0_clipping",
+    "x0_update_loop",
 ]
 
 DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
@@ -511,6 +512,65 @@ def x0_clipping(
     return lambda x0: x0
 
 
+X0Update = Callable[[Array, Array, Array, Array, "Array | None"], Array]
+
+
+def x0_update_loop(
+    schedule: DiscreteSchedule,
+    timesteps: np.ndarray,
+    sqrt_alpha: np.ndarray,
+    sqrt_one_minus_alpha: np.ndarray,
+    prediction_type: str,
+    clip: Callable[[Array], Array],
+    update: X0Update,
+    *,
+    noise_fn: NoiseFn | None,
+    noise_coeffs: np.ndarray,
+    order: int | None,
+) -> DiffusersLoop:
+    """A loop whose call ``i`` steps from diffusers' float32 ``x0`` (DDIM, DDPM, LCM).
+
+    The call evaluates the network at ``timesteps[i]``, converts its output to ``(x0,
+    eps)`` with ``sqrt(alpha_bar)`` and ``sqrt(1 - alpha_bar)`` from the tables
+    (:func:`predicted_x0`), applies ``clip`` to ``x0`` and returns ``update(x0, eps, x,
+    i, z)`` (``z`` the step's ``noise_fn`` draw, ``None`` without ``noise_fn``).
+
+    Args:
+      schedule: the denoiser's schedule.
+      timesteps: the loop's integer timesteps, one per call.
+      sqrt_alpha: ``sqrt(alpha_bar[t])`` per call, as the scheduler computes it.
+      sqrt_one_minus_alpha: ``sqrt(1 - alpha_bar[t])`` per call.
+      prediction_type: ``'eps'``, ``'x0'`` or ``'v'``.
+      clip: diffusers' ``x0`` post-processing (:func:`x0_clipping`).
+      update: the scheduler's step from the clipped ``x0``.
+      noise_fn: the step noise, or ``None`` for a deterministic loop.
+      noise_coeffs: ``add_noise``'s table (:func:`noise_coeffs_table`).
+      order: the txt2img sampler's order.
+    """
+    f32 = lambda v: jnp.asarray(np.asarray(v), jnp.float32)  # noqa: E731
+    t_tab, sa, sb = f32(timesteps), f32(sqrt_alpha), f32(sqrt_one_minus_alpha)
+
+    def step(
+        denoise_fn: DenoiseFn, state: DiffusersDDIMState, i: Array, j: Array, key: Array,
+        cond: Any,
+    ) -> DiffusersDDIMState:
+        x = state.x
+        dtype = x.dtype
+        t = t_tab[i]
+        raw = raw_model_output(denoise_fn(x, t, cond), x, t, schedule, prediction_type)
+        x0, eps = predicted_x0(raw, x, sa[i].astype(dtype), sb[i].astype(dtype),
+                               prediction_type)
+        z = None if noise_fn is None else noise_fn(key, j, x.shape, dtype)
+        return DiffusersDDIMState(x=update(clip(x0), eps, x, i, z).astype(dtype))
+
+    n = len(timesteps)
+    return DiffusersLoop(
+        num_steps=n, num_inference_steps=n, init=DiffusersDDIMState, step=step,
+        finalize=lambda s: s.x, schedule=schedule, init_noise_sigma=np.float32(1),
+        noise_coeffs=noise_coeffs, order=order,
+    )
+
+
 def diffusers_ddim_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -583,32 +643,22 @@ def diffusers_ddim_loop(
     clip = x0_clipping(thresholding, dynamic_thresholding_ratio, sample_max_value, clip_sample,
                        clip_sample_range)
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
-    t_tab, sa_t, sb_t = f32(ts), f32(np.sqrt(a_t)), f32(np.sqrt(1.0 - a_t))
+    sa_t, sb_t = np.sqrt(a_t), np.sqrt(1.0 - a_t)
     sa_s, one_m_as, var_tab = f32(np.sqrt(a_s)), f32(1.0 - a_s), f32(variance)
+    sa_tab, sb_tab = f32(sa_t), f32(sb_t)
 
-    def step(
-        denoise_fn: DenoiseFn, state: DiffusersDDIMState, i: Array, j: Array, key: Array,
-        cond: Any,
-    ) -> DiffusersDDIMState:
-        x = state.x
+    def update(x0: Array, eps: Array, x: Array, i: Array, z: Array | None) -> Array:
         dtype = x.dtype
-        t = t_tab[i]
-        raw = raw_model_output(denoise_fn(x, t, cond), x, t, schedule, prediction_type)
-        at, bt = sa_t[i].astype(dtype), sb_t[i].astype(dtype)
-        x0, eps = predicted_x0(raw, x, at, bt, prediction_type)
-        x0 = clip(x0)
         std = jnp.asarray(eta, dtype) * jnp.sqrt(var_tab[i].astype(dtype))
         if use_clipped_model_output:
-            eps = (x - at * x0) / bt
+            eps = (x - sa_tab[i].astype(dtype) * x0) / sb_tab[i].astype(dtype)
         direction = jnp.sqrt(jnp.maximum(one_m_as[i].astype(dtype) - std**2, 0.0)) * eps
         x_prev = sa_s[i].astype(dtype) * x0 + direction
-        if not deterministic:
-            x_prev = x_prev + std * noise_fn(key, j, x.shape, dtype)
-        return DiffusersDDIMState(x=x_prev.astype(dtype))
+        return x_prev if z is None else x_prev + std * z
 
-    return DiffusersLoop(
-        num_steps=num_steps, num_inference_steps=num_steps, init=DiffusersDDIMState,
-        step=step, finalize=lambda s: s.x, schedule=schedule, init_noise_sigma=np.float32(1),
+    return x0_update_loop(
+        schedule, ts, sa_t, sb_t, prediction_type, clip, update,
+        noise_fn=None if deterministic else noise_fn,
         noise_coeffs=noise_coeffs_table(num_steps, *alpha_bar_noise_coeffs(ac, ts).T),
         order=None if stochastic else 1,
     )

@@ -28,14 +28,15 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.parameterization import DenoiseFn, check_prediction_type
+from diffjax.parameterization import check_prediction_type
 from diffjax.samplers.diffusers_compat import (
+    DiffusersDDIMState,
     DiffusersLoop,
     NoiseFn,
     alpha_bar_noise_coeffs,
@@ -43,11 +44,10 @@ from diffjax.samplers.diffusers_compat import (
     default_noise,
     diffusers_ddim_timesteps,
     noise_coeffs_table,
-    predicted_x0,
-    raw_model_output,
     table_alphas_cumprod,
     txt2img_factory,
     x0_clipping,
+    x0_update_loop,
 )
 from diffjax.schedules import DiscreteSchedule
 
@@ -69,38 +69,19 @@ DIFFUSERS_DDPM_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
 _F32 = np.float32
 
 
-class DiffusersDDPMState(NamedTuple):
-    """State of the DDPM and LCM loops: the sample (float32)."""
-
-    x: Array
+DiffusersDDPMState = DiffusersDDIMState  # the DDPM and LCM loops' state: the sample
 
 
 def _x0_loop(
     schedule: DiscreteSchedule, ts: np.ndarray, ac: np.ndarray, prediction_type: str,
-    clip: Any, update: Any, noise_fn: NoiseFn | None, num_calls: int,
+    clip: Any, update: Any, noise_fn: NoiseFn | None,
 ) -> DiffusersLoop:
-    """A loop whose step is ``update(x0, x, i, z)`` of diffusers' float32 ``x0``."""
-    f32 = lambda v: jnp.asarray(np.asarray(v), jnp.float32)  # noqa: E731
+    """:func:`x0_update_loop` on diffusers' float32 ``alpha_bar``, drawing noise each call."""
     a_t = ac[ts]
-    t_tab, sa, sb = f32(ts), f32(np.sqrt(a_t)), f32(np.sqrt(_F32(1) - a_t))
-    noise_fn = default_noise if noise_fn is None else noise_fn
-
-    def step(
-        denoise_fn: DenoiseFn, state: DiffusersDDPMState, i: Array, j: Array, key: Array,
-        cond: Any,
-    ) -> DiffusersDDPMState:
-        x = state.x
-        dtype = x.dtype
-        t = t_tab[i]
-        raw = raw_model_output(denoise_fn(x, t, cond), x, t, schedule, prediction_type)
-        x0, _ = predicted_x0(raw, x, sa[i].astype(dtype), sb[i].astype(dtype), prediction_type)
-        z = noise_fn(key, j, x.shape, dtype)
-        return DiffusersDDPMState(x=update(clip(x0), x, i, z).astype(dtype))
-
-    return DiffusersLoop(
-        num_steps=num_calls, num_inference_steps=num_calls, init=DiffusersDDPMState,
-        step=step, finalize=lambda s: s.x, schedule=schedule, init_noise_sigma=_F32(1),
-        noise_coeffs=noise_coeffs_table(num_calls, *alpha_bar_noise_coeffs(ac, ts).T),
+    return x0_update_loop(
+        schedule, ts, np.sqrt(a_t), np.sqrt(_F32(1) - a_t), prediction_type, clip, update,
+        noise_fn=default_noise if noise_fn is None else noise_fn,
+        noise_coeffs=noise_coeffs_table(len(ts), *alpha_bar_noise_coeffs(ac, ts).T),
         order=None,
     )
 
@@ -170,14 +151,14 @@ def diffusers_ddpm_loop(
     tabs = {k: jnp.asarray(v, jnp.float32) for k, v in
             {"c_x0": c_x0, "c_x": c_x, "std": std}.items()}
 
-    def update(x0: Array, x: Array, i: Array, z: Array) -> Array:
+    def update(x0: Array, eps: Array, x: Array, i: Array, z: Array) -> Array:
         dtype = x.dtype
         mean = tabs["c_x0"][i].astype(dtype) * x0 + tabs["c_x"][i].astype(dtype) * x
         return mean + tabs["std"][i].astype(dtype) * z
 
     clip = x0_clipping(thresholding, dynamic_thresholding_ratio, sample_max_value, clip_sample,
                        clip_sample_range)
-    return _x0_loop(schedule, ts, ac, prediction_type, clip, update, noise_fn, n)
+    return _x0_loop(schedule, ts, ac, prediction_type, clip, update, noise_fn)
 
 
 def lcm_timesteps(
@@ -254,7 +235,7 @@ def lcm_loop(
         "c_skip": c_skip, "c_out": c_out, "renoise": ~last,
         "sa_s": np.sqrt(a_s), "sb_s": np.sqrt(_F32(1) - a_s)}.items()}
 
-    def update(x0: Array, x: Array, i: Array, z: Array) -> Array:
+    def update(x0: Array, eps: Array, x: Array, i: Array, z: Array) -> Array:
         dtype = x.dtype
         denoised = tabs["c_out"][i].astype(dtype) * x0 + tabs["c_skip"][i].astype(dtype) * x
         noisy = tabs["sa_s"][i].astype(dtype) * denoised + tabs["sb_s"][i].astype(dtype) * z
@@ -262,7 +243,7 @@ def lcm_loop(
 
     clip = x0_clipping(thresholding, dynamic_thresholding_ratio, sample_max_value, clip_sample,
                        clip_sample_range)
-    return _x0_loop(schedule, ts, ac, prediction_type, clip, update, noise_fn, n)
+    return _x0_loop(schedule, ts, ac, prediction_type, clip, update, noise_fn)
 
 
 def guidance_scale_embedding(

@@ -463,6 +463,21 @@ def _dpm_tables(
                    singlestep=singlestep)
 
 
+def _dpm_loop(
+    schedule: DiscreteSchedule, ts: np.ndarray, sigmas: np.ndarray, tables: _Tables,
+    prediction_type: str, algorithm_type: str, threshold: Any, noise_fn: NoiseFn | None,
+    order: int | None,
+) -> DiffusersLoop:
+    """The DPM-Solver loop of either family: data or noise outputs, noise for the SDE."""
+    sde = algorithm_type == "sde-dpmsolver++"
+    return linear_multistep_loop(
+        schedule, ts, sigmas, tables, prediction_type=prediction_type,
+        to_data=algorithm_type != "dpmsolver", threshold=threshold,
+        noise_fn=(default_noise if noise_fn is None else noise_fn) if sde else None,
+        order=order,
+    )
+
+
 def diffusers_dpm_multistep_loop(
     schedule: DiscreteSchedule,
     num_steps: int,
@@ -537,12 +552,9 @@ def diffusers_dpm_multistep_loop(
         second = i == n - 2 and short
         caps.append(1 if order == 1 or final else 2 if order == 2 or second else 3)
     tables = _dpm_tables(caps, order, algorithm_type, solver_type, marginals, singlestep=False)
-    sde = algorithm_type == "sde-dpmsolver++"
-    return linear_multistep_loop(
-        schedule, ts, sigmas, tables, prediction_type=prediction_type,
-        to_data=algorithm_type != "dpmsolver",
-        threshold=_threshold_fn(thresholding, dynamic_thresholding_ratio, sample_max_value),
-        noise_fn=(default_noise if noise_fn is None else noise_fn) if sde else None,
+    return _dpm_loop(
+        schedule, ts, sigmas, tables, prediction_type, algorithm_type,
+        _threshold_fn(thresholding, dynamic_thresholding_ratio, sample_max_value), noise_fn,
         order=min(order, 2) if order == 3 else order,
     )
 
@@ -631,12 +643,9 @@ def diffusers_dpm_singlestep_loop(
     )
     caps = singlestep_order_list(len(ts), order, lower_order_final, final_sigmas_type)
     tables = _dpm_tables(caps, order, algorithm_type, solver_type, marginals, singlestep=True)
-    sde = algorithm_type == "sde-dpmsolver++"
-    return linear_multistep_loop(
-        schedule, ts, sigmas, tables, prediction_type=prediction_type,
-        to_data=algorithm_type != "dpmsolver",
-        threshold=_threshold_fn(thresholding, dynamic_thresholding_ratio, sample_max_value),
-        noise_fn=(default_noise if noise_fn is None else noise_fn) if sde else None,
+    return _dpm_loop(
+        schedule, ts, sigmas, tables, prediction_type, algorithm_type,
+        _threshold_fn(thresholding, dynamic_thresholding_ratio, sample_max_value), noise_fn,
         order=None,
     )
 

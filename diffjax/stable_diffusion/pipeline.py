@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +60,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from diffjax._checks import check_choice, check_int
+from diffjax.guidance import guidance_rescale_correction
 from diffjax.networks.clip import CLIPTextConfig
 from diffjax.networks.clip_tokenizer import CLIPTokenizer
 from diffjax.nn.autoencoder import (
@@ -73,9 +73,11 @@ from diffjax.nn.unet_condition import UNet2DConditionModel, UNetConditionConfig
 from diffjax.parameterization import make_denoiser
 from diffjax.samplers import sample
 from diffjax.samplers.diffusers_compat import replay_noise
+from diffjax.samplers.diffusers_ddpm import guidance_scale_embedding
 from diffjax.samplers.driver import concrete_value
 from diffjax.stable_diffusion import schedulers as sd_schedulers
 from diffjax.stable_diffusion.folder import open_folder
+from diffjax.stable_diffusion.hub import download_pipeline_folder, looks_like_repo_id
 from diffjax.stable_diffusion.schedulers import (
     prediction_type_from_scheduler_config,
     sampler_from_scheduler_config,
@@ -214,14 +216,17 @@ def load_pipeline(
     config: Any = None,
     tokenizer: Any = None,
     prediction_type: str | None = None,
+    revision: str | None = None,
 ) -> StableDiffusionPipeline:
     """Loads a diffusers Stable Diffusion folder, or a CompVis single-file checkpoint.
 
     Args:
       path: The folder (``save_pretrained`` layout: ``model_index.json`` + components),
-        or an original CompVis checkpoint file (``.safetensors``; ``.ckpt`` / ``.pt``
+        an original CompVis checkpoint file (``.safetensors``; ``.ckpt`` / ``.pt``
         through the ``convert`` extra), read by
-        :func:`~diffjax.stable_diffusion.single_file.load_single_file`.
+        :func:`~diffjax.stable_diffusion.single_file.load_single_file`, or a Hugging
+        Face Hub repo id (``"owner/name"``, where no such local path exists; the ``hub``
+        extra, :mod:`diffjax.stable_diffusion.hub`).
       dtype: Weight and compute dtype: ``jnp.float32``, or ``jnp.bfloat16`` for
         accelerators (sampler state and guidance arithmetic stay float32).
       variant: ``"fp16"`` for the ``*.fp16.safetensors`` files (folders only).
@@ -232,14 +237,21 @@ def load_pipeline(
         when ``config`` has none.
       prediction_type: Single files only: ``'epsilon'`` or ``'v_prediction'`` (SD 2.x
         768-v checkpoints are v; the weights cannot tell).
+      revision: Hub repo ids only: a branch, tag or commit.
 
     Raises:
-      FileNotFoundError: A missing folder, file or component (its name and path).
+      FileNotFoundError: A missing folder, file or component (its name and path), or a
+        Hub lookup that failed.
+      ImportError: A repo id without huggingface_hub installed (the pip command).
       ValueError / KeyError: Unsupported classes or configs, mismatched tensors (named),
         or single-file options given for a folder.
     """
     path = os.fspath(path)
     dtype_name = _dtype_name(dtype)
+    if looks_like_repo_id(path):
+        path = download_pipeline_folder(path, variant=variant, revision=revision)
+    elif revision is not None:
+        raise ValueError(f"revision={revision!r} applies to Hub repo ids; {path!r} is local")
     if os.path.isfile(path) and path.endswith(SINGLE_FILE_SUFFIXES):
         from diffjax.stable_diffusion.single_file import load_single_file
 
@@ -291,28 +303,19 @@ class _Static:
     native_strength: float | None  # the native samplers' static strength
 
 
-def guidance_scale_embedding(w: jax.Array, dim: int) -> jax.Array:
-    """Diffusers' ``get_guidance_scale_embedding`` (LCM's ``timestep_cond``), ``(B, dim)``.
-
-    ``e = [sin(1000 w f_k), cos(1000 w f_k)]`` with ``f_k = exp(-k log(1e4) / (dim/2 - 1))``,
-    zero-padded for odd ``dim``.
-    """
-    half = dim // 2
-    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
-    arg = (jnp.asarray(w, jnp.float32) * 1000.0)[:, None] * freqs[None, :]
-    emb = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=1)
-    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
 def guided_model_fn(
-    spec: PipelineSpec, guided: bool, unet_params: Any, guidance_scale: Any
+    spec: PipelineSpec, guided: bool, unet_params: Any, guidance_scale: Any,
+    guidance_rescale: Any = 0.0,
 ) -> Callable[[jax.Array, jax.Array, Any], jax.Array]:
     """The raw UNet output under diffusers' guidance: ``fn(x, t, (context, uncond))``.
 
     With ``guided``, one UNet call on ``[x, x]`` with ``[uncond, context]`` and
     ``out_u + w (out_c - out_u)``; else the conditional output. A UNet with
     ``time_cond_proj_dim`` (LCM) gets :func:`guidance_scale_embedding` ``(w - 1)``.
-    Wrap it with :func:`~diffjax.parameterization.make_denoiser` for the samplers.
+    ``guidance_rescale > 0`` (traced) adds diffusers' ``rescale_noise_cfg`` of the raw
+    output (eps or v; :func:`~diffjax.guidance.guidance_rescale_correction`), as
+    ``StableDiffusionPipeline`` does. Wrap it with
+    :func:`~diffjax.parameterization.make_denoiser` for the samplers.
     """
     dtype = _DTYPES[spec.dtype]
     cfg = spec.unet
@@ -321,8 +324,8 @@ def guided_model_fn(
     def call(x, t, context, batch):
         t_cond = None
         if cfg.time_cond_proj_dim is not None:
-            w = jnp.broadcast_to(jnp.asarray(guidance_scale, jnp.float32) - 1.0, (batch,))
-            t_cond = guidance_scale_embedding(w, cfg.time_cond_proj_dim).astype(dtype)
+            scale = jnp.broadcast_to(jnp.asarray(guidance_scale, jnp.float32), (batch,))
+            t_cond = guidance_scale_embedding(scale, cfg.time_cond_proj_dim, dtype)
         return unet.apply({"params": unet_params}, x, t, context, t_cond)
 
     def fn(x: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
@@ -333,7 +336,9 @@ def guided_model_fn(
         both = call(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                     jnp.concatenate([uncond, context]), 2 * b)
         out_u, out_c = both[:b], both[b:]
-        return out_u + jnp.asarray(guidance_scale, jnp.float32) * (out_c - out_u)
+        out = out_u + jnp.asarray(guidance_scale, jnp.float32) * (out_c - out_u)
+        phi = jnp.asarray(guidance_rescale, jnp.float32)
+        return jnp.where(phi > 0, out + guidance_rescale_correction(out, out_c, phi), out)
 
     return fn
 
@@ -425,6 +430,7 @@ def _run(
     start_noise: jax.Array,
     posterior_noise: jax.Array,
     step_noise: jax.Array,
+    guidance_rescale: jax.Array | float = 0.0,
 ) -> tuple[jax.Array, jax.Array | None]:
     """One pipeline run: (img2img: encode, add noise), sample, decode.
 
@@ -432,7 +438,8 @@ def _run(
     """
     spec = static.spec
     schedule = schedule_from_scheduler_config(spec.scheduler_config)
-    model_fn = guided_model_fn(spec, static.guided, params["unet"], guidance_scale)
+    model_fn = guided_model_fn(spec, static.guided, params["unet"], guidance_scale,
+                               guidance_rescale)
     denoise = make_denoiser(model_fn, schedule,
                             prediction_type_from_scheduler_config(spec.scheduler_config))
     sampler, add_noise = _build_sampler(static, eta, strength, step_noise)
@@ -533,8 +540,9 @@ def sampling_function(
     """The pipeline's jitted function for these statics (cached: one per key).
 
     The function is ``fn(params, context, uncond, guidance_scale, key, eta, strength,
-    start, start_noise, posterior_noise, step_noise) -> (latents, images | None)`` with
-    ``params = {'unet': ..., 'vae': ...}``, ``context`` / ``uncond`` the ``(B, L, D)``
+    start, start_noise, posterior_noise, step_noise[, guidance_rescale]) -> (latents,
+    images | None)`` with ``params = {'unet': ..., 'vae': ...}``, ``context`` / ``uncond``
+    the ``(B, L, D)``
     prompt and negative-prompt states, ``start`` the ``(B, h, w, c)`` unit noise
     (txt2img) or the ``(B, H, W, 3)`` image in ``[-1, 1]`` (img2img); unused arguments
     may be zeros of any shape. It lowers on :class:`jax.ShapeDtypeStruct` arguments.
@@ -675,6 +683,7 @@ def _generate(
     start_noise: Any = None,
     posterior_noise: Any = None,
     progress: Callable[[str], None] | None = None,
+    guidance_rescale: float = 0.0,
 ) -> Any:
     """The shared body of :func:`txt2img` and :func:`img2img`."""
     prompts = _prompts(prompt, "prompt")
@@ -691,6 +700,7 @@ def _generate(
         raise ValueError("guidance_scale must be a concrete number (it decides whether an "
                          "unconditional batch is built); it is traced inside the pipeline")
     _check_scalar("eta", eta, 0.0)
+    _check_scalar("guidance_rescale", guidance_rescale, 0.0, 1.0)
     if clip_skip is not None:
         check_int("clip_skip", clip_skip, minimum=0)
     spec_sampler = _sampler_spec(sampler)
@@ -736,7 +746,7 @@ def _generate(
         start_noise, posterior_noise = _shard(placed, start_noise, posterior_noise)
     args = (pipe.placed_params(placed), context, uncond, jnp.float32(w), k_sample,
             jnp.float32(eta), jnp.float32(strength), x_start, start_noise, posterior_noise,
-            replay)
+            replay, jnp.float32(guidance_rescale))
     if progress is None:
         latents, images = fn(*args)
     else:
@@ -776,6 +786,7 @@ def txt2img(
     num_images_per_prompt: int = 1,
     latents: Any = None,
     eta: float = 0.0,
+    guidance_rescale: float = 0.0,
     output: str = "uint8",
     clip_skip: int | None = None,
     decode_batch_size: int | None = None,
@@ -804,6 +815,9 @@ def txt2img(
       latents: Optional ``(B, H/f, W/f, C)`` unit noise ``z_T`` (NHWC; diffusers'
         ``latents`` transposed); default ``normal(key)``.
       eta: DDIM's stochasticity (traced).
+      guidance_rescale: diffusers' ``guidance_rescale`` ``phi`` in ``[0, 1]`` (Lin et al.
+        2024, Sec. 3.4: the guided output rescaled to the conditional one's std, blended
+        by ``phi``; for zero-SNR v models); traced, no effect without guidance.
       output: ``'uint8'`` (diffusers' ``pil``/``numpy`` as uint8), ``'float'`` (its
         ``np`` output in [0, 1]) or ``'latents'``.
       clip_skip: diffusers' ``clip_skip``.
@@ -830,6 +844,7 @@ def txt2img(
         eta=eta, output=output, clip_skip=clip_skip, decode_batch_size=decode_batch_size,
         step_noise=step_noise, mesh=mesh, return_latents=return_latents, height=height,
         width=width, start=lambda batch, key: latents, progress=progress,
+        guidance_rescale=guidance_rescale,
     )
 
 
