@@ -15,7 +15,7 @@ import signal
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import DEMO_MODEL_OVERRIDES
+from conftest import DEMO_MODEL_OVERRIDES, xla_optimized
 
 from diffjax.app.demo import run_demo
 
@@ -26,16 +26,17 @@ pytestmark = pytest.mark.slow
 def report(demo_model_workdir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("demo"))
     shutil.copytree(demo_model_workdir, os.path.join(workdir, "model"))
-    report = run_demo(
-        workdir,
-        overrides=list(DEMO_MODEL_OVERRIDES),
-        guidance_scales=(0.0, 3.0),
-        num_per_class=20,
-        num_sampling_steps=20,
-        pareto_samplers=("ddim", "dpm++2m"),
-        pareto_nfes=(5,),
-        pareto_num_samples=40,
-    )
+    with xla_optimized():  # 2,000+ samples and a Pareto sweep: runs more than it compiles
+        report = run_demo(
+            workdir,
+            overrides=list(DEMO_MODEL_OVERRIDES),
+            guidance_scales=(0.0, 3.0),
+            num_per_class=20,
+            num_sampling_steps=20,
+            pareto_samplers=("ddim", "dpm++2m"),
+            pareto_nfes=(5,),
+            pareto_num_samples=40,
+        )
     return workdir, report
 
 

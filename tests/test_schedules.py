@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_optimized
 
 from diffjax import schedules as S
 
@@ -273,7 +274,7 @@ def test_float32_values_unchanged(x64):
     float32-only module left log alpha = -1.7e-8 (sigma = 1.8e-4); it is exact now.
     """
     golden = np.load(FLOAT32_GOLDEN)
-    with jax.enable_x64(x64):
+    with jax.enable_x64(x64), xla_optimized():  # bit for bit: XLA as users compile it
         outputs = float32_outputs(S)
     assert sorted(outputs) == sorted(golden.files)
     clean = {"alpha": 1.0, "sigma": 0.0, "log_snr": np.inf, "alpha_bar": 1.0, "log_alpha": 0.0}
