@@ -910,7 +910,10 @@ CELLS_06 = [
 
         MODE = os.environ.get("DIFFJAX_NOTEBOOK_MODE", "full")
         SMALL = MODE == "small"
-        MODEL = os.environ.get("DIFFJAX_SD_MODEL", "")  # your folder, or "" for the tiny one
+        # Your diffusers folder, a CompVis .safetensors file, a Hub repo id such as
+        # "runwayml/stable-diffusion-v1-5" (needs `pip install huggingface_hub`), or "" for
+        # the tiny random pipeline of the tests.
+        MODEL = os.environ.get("DIFFJAX_SD_MODEL", "")
         if not MODEL:
             here = os.path.abspath(os.path.join(os.getcwd(), "..", "tests", "data", "tiny_sd1"))
             repo = os.environ.get("DIFFJAX_REPO", "")
@@ -935,9 +938,10 @@ CELLS_06 = [
     md("""
         ## Load the pipeline
 
-        `load_pipeline` reads `model_index.json` and every component; the result is plain
-        pytrees plus configs. `dtype=jnp.bfloat16` halves the weights on a GPU or TPU (the
-        sampler state stays float32).
+        `load_pipeline` reads `model_index.json` and every component (a Hub repo id is
+        downloaded first, only the files it reads); the result is plain pytrees plus
+        configs. `dtype=jnp.bfloat16` halves the weights on a GPU or TPU (the sampler state
+        stays float32), and `attention_chunk=1024` bounds the attention's memory at 512x512.
     """),
     code("""
         pipe = sd.load_pipeline(MODEL)

@@ -30,8 +30,13 @@ an ``implementation``) materializes float32 ``(2B, 8, 4096, 4096)`` scores at th
 level. The GPU's figures come from experiments/bench_sd_gpu.py, which prints the same
 analysis there.
 
+``--attention-chunk N`` compiles the UNet's attention over query chunks of ``N`` tokens
+(:func:`diffjax.nn.attention.chunked_dot_product_attention`; the same images).
+
 Usage:
   python experiments/sd_memory.py --batch 1 4 --json experiments/results/sd_bench/memory_cpu.json
+  python experiments/sd_memory.py --batch 1 4 --attention-chunk 1024 \
+      --json experiments/results/sd_bench/memory_cpu_chunk1024.json
   python experiments/sd_memory.py --batch 1 --dtype float32   # the same without casts
   python experiments/sd_memory.py --tiny   # the tiny architecture, a dry run
 """
@@ -56,10 +61,12 @@ T4_BYTES = 16 * GB  # a Colab T4: 16 GB (15.1 GiB usable after the driver's rese
 FIELDS = ("argument", "output", "alias", "temp", "generated_code")
 
 
-def pipeline_spec(arch: dict[str, dict], dtype: str = "bfloat16") -> PipelineSpec:
+def pipeline_spec(arch: dict[str, dict], dtype: str = "bfloat16",
+                  attention_chunk: int | None = None) -> PipelineSpec:
     """The :class:`PipelineSpec` of ``arch`` (configs, scheduler JSON, compute dtype)."""
     unet, vae, _ = configs(arch)
-    return PipelineSpec(unet, vae, json.dumps(arch["scheduler"], sort_keys=True), dtype)
+    return PipelineSpec(unet, vae, json.dumps(arch["scheduler"], sort_keys=True), dtype,
+                        attention_chunk)
 
 
 def image_side(spec: PipelineSpec) -> int:
@@ -108,9 +115,9 @@ def txt2img_function(spec: PipelineSpec, text_cfg: Any, batch: int, steps: int,
 
 
 def measure(arch: dict[str, dict], batch: int, steps: int, sampler: str,
-            dtype: str = "bfloat16") -> dict[str, Any]:
+            dtype: str = "bfloat16", attention_chunk: int | None = None) -> dict[str, Any]:
     """Compiles the three functions (module doc) for ``batch`` images; their figures."""
-    spec = pipeline_spec(arch, dtype)
+    spec = pipeline_spec(arch, dtype, attention_chunk)
     _, _, text_cfg = configs(arch)
     params = param_structs(arch, jnp.dtype(dtype))
     fn, one_fn = txt2img_function(spec, text_cfg, batch, steps, sampler)
@@ -156,6 +163,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="weights and compute (float32: the comparison without casts)")
     parser.add_argument("--tiny", action="store_true", help="the tiny architecture")
+    parser.add_argument("--attention-chunk", type=int, default=None,
+                        help="the UNet's attention in query chunks of this many tokens")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)
@@ -164,11 +173,13 @@ def main() -> None:
     log.update({
         "arch": "tiny" if args.tiny else "sd15",
         "image": image_side(pipeline_spec(arch)), "steps": args.steps, "sampler": args.sampler,
-        "dtype": args.dtype, "units": "GB (1e9 bytes)",
+        "dtype": args.dtype, "attention_chunk": args.attention_chunk,
+        "units": "GB (1e9 bytes)",
         "weights_gb": weight_bytes(arch, jnp.dtype(args.dtype)),
     })
     print(json.dumps(log), flush=True)
-    log["runs"] = [measure(arch, b, args.steps, args.sampler, args.dtype) for b in args.batch]
+    log["runs"] = [measure(arch, b, args.steps, args.sampler, args.dtype, args.attention_chunk)
+                   for b in args.batch]
     for run in log["runs"]:
         if run["batch"] == 1:
             log["fits_16gb_t4_at_batch_1"] = run["one_function"]["peak"] * GB < T4_BYTES

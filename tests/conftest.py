@@ -9,6 +9,7 @@
   compile-heavy third of the suite: 236 s -> 181 s on 2 cores). The few places that
   mostly run rather than compile (the demo model's 400 training steps, the notebooks,
   the demo's sampling) switch them back on with :func:`xla_optimized`.
+- The longest test files are handed to the xdist workers first (``LONGEST_FILES``).
 - Session fixtures: a tiny trained digits workdir, a copy of it ready for evaluation, and
   the digits demo model (one that follows its labels), built once per test run and
   shared by every xdist worker.
@@ -52,6 +53,30 @@ _CACHE_DIR = os.environ.get(
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# The longest test files, longest first (seconds of one CI run on 2 cores, 2026-12-04:
+# notebooks 485 (with the demo model it builds), checkpoint faults 256, signal faults 187,
+# demo 145, training 113, bad inputs 110, 8-device sharding 102, two-process training 93,
+# SD pipeline 87). xdist hands out whole files (``--dist loadfile``), by default the files
+# with the most tests first, which put these few-test, long files last: the run then
+# ended with one worker busy on them and the other idle. They go first instead.
+LONGEST_FILES = (
+    "test_notebooks.py", "test_faults_disk.py", "test_faults_signals.py", "test_demo.py",
+    "test_training.py", "test_bad_inputs.py", "test_sharding.py", "test_distributed.py",
+    "test_sd_pipeline.py", "test_sampler_order.py", "test_dpm_solver.py", "test_configs.py",
+    "test_cli.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files intact
 
 
 @pytest.fixture(scope="session")

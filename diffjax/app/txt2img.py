@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser, img2img: bool) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="weights and compute (the sampler state stays float32)")
     parser.add_argument("--variant", default=None, help="weight files variant, e.g. fp16")
+    parser.add_argument("--attention-chunk", type=int, default=None,
+                        help="UNet attention in query chunks of this many tokens (same images, "
+                        "less memory; e.g. 1024 at 512x512)")
     parser.add_argument("--out", required=True, help="the PNG grid to write")
 
 
@@ -102,6 +105,8 @@ def read_image(path: str) -> np.ndarray:
 def _check(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be >= 1")
+    if args.attention_chunk is not None and args.attention_chunk < 1:
+        raise ValueError(f"--attention-chunk={args.attention_chunk} must be >= 1")
     if args.num_images < 1:
         raise ValueError(f"--num-images={args.num_images} must be >= 1")
     if not math.isfinite(args.guidance):
@@ -132,7 +137,8 @@ def _run(args: argparse.Namespace, generate: Callable[..., Any], what: str) -> N
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype=getattr(jnp, args.dtype), variant=args.variant,
                          config=args.config, tokenizer=args.tokenizer,
-                         prediction_type=args.prediction_type, revision=args.revision)
+                         prediction_type=args.prediction_type, revision=args.revision,
+                         attention_chunk=args.attention_chunk)
     _say(f"loaded {args.model} ({pipe.scheduler_config.get('_class_name')}, {args.dtype}) in "
          f"{time.perf_counter() - t0:.1f} s")
     out = generate(

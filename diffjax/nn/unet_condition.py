@@ -27,7 +27,8 @@ The network (Rombach et al. 2022, section 3.3; Ho et al. 2020 appendix B):
 * Attention: ``softmax(q k^T / sqrt(d_head)) v`` with ``to_q/to_k/to_v`` (no bias) and
   ``to_out_0`` (biased), through :func:`jax.nn.dot_product_attention` (its default
   implementation; in JAX 0.10 that is XLA's unfused path on every backend, measured in
-  experiments/results/sd_bench).
+  experiments/results/sd_bench), optionally over query chunks (``query_chunk_size``,
+  :mod:`diffjax.nn.attention`) to bound the score buffers' memory.
 
 Heads: diffusers' ``attention_head_dim`` is, for historical reasons
 (https://github.com/huggingface/diffusers/issues/2011), the NUMBER of heads of each block
@@ -58,6 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffjax.nn.attention import chunked_dot_product_attention
 
 __all__ = [
     "DOWN_BLOCK_TYPES",
@@ -364,12 +367,18 @@ class TimestepEmbedding(nn.Module):
 
 
 class _Common(nn.Module):
-    """Shared attributes: ``config``, compute ``dtype``, ``param_dtype``, ``precision``."""
+    """Shared attributes: config, dtypes, precision and the attention's query chunk."""
 
     config: UNetConditionConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
+    query_chunk_size: int | None = None
+
+    def _common(self) -> tuple[Any, ...]:
+        """The shared attributes, positionally, for the child modules."""
+        return (self.config, self.dtype, self.param_dtype, self.precision,
+                self.query_chunk_size)
 
     def _kw(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -439,7 +448,7 @@ class Attention(_Common):
         q = heads(self.dense(inner, "to_q", use_bias=False)(x))
         k = heads(self.dense(inner, "to_k", use_bias=False)(context))
         v = heads(self.dense(inner, "to_v", use_bias=False)(context))
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = chunked_dot_product_attention(q, k, v, self.query_chunk_size)
         return self.dense(x.shape[-1], "to_out_0")(out.reshape(b, length, inner))
 
 
@@ -462,8 +471,7 @@ class GEGLUFeedForward(_Common):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(B, L, D) -> (B, L, D)``."""
         dim = x.shape[-1]
-        h = _GEGLUProj(self.config, self.dtype, self.param_dtype, self.precision,
-                       inner=4 * dim, name="net_0")(x)
+        h = _GEGLUProj(*self._common(), inner=4 * dim, name="net_0")(x)
         return self.dense(dim, "net_2")(h)
 
 
@@ -476,11 +484,11 @@ class BasicTransformerBlock(_Common):
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         """``(B, L, D), (B, S, Dc) -> (B, L, D)``."""
-        common = {"config": self.config, "precision": self.precision, **self._kw()}
-        attn = functools.partial(Attention, heads=self.heads, head_dim=self.head_dim, **common)
+        common = self._common()
+        attn = functools.partial(Attention, *common, heads=self.heads, head_dim=self.head_dim)
         x = x + attn(name="attn1")(self.layer_norm("norm1")(x))
         x = x + attn(name="attn2")(self.layer_norm("norm2")(x), context)
-        return x + GEGLUFeedForward(name="ff", **common)(self.layer_norm("norm3")(x))
+        return x + GEGLUFeedForward(*common, name="ff")(self.layer_norm("norm3")(x))
 
 
 class Transformer2DModel(_Common):
@@ -497,8 +505,7 @@ class Transformer2DModel(_Common):
         # A 1x1 conv on NHWC is a Dense over channels; the naming rule stores it as a conv.
         h = self.dense(c, "proj_in")(h)
         for i in range(self.num_layers):
-            h = BasicTransformerBlock(self.config, self.dtype, self.param_dtype, self.precision,
-                                      heads=self.heads, head_dim=c // self.heads,
+            h = BasicTransformerBlock(*self._common(), heads=self.heads, head_dim=c // self.heads,
                                       name=f"transformer_blocks_{i}")(h, context)
         h = self.dense(c, "proj_out")(h)
         return h.reshape(b, hgt, wid, c) + x
@@ -533,7 +540,7 @@ class DownBlock(_Common):
     ) -> tuple[jax.Array, list[jax.Array]]:
         """``x -> (x', skips)``: one skip per resnet, one after the downsampler."""
         cfg, i = self.config, self.index
-        common = (cfg, self.dtype, self.param_dtype, self.precision)
+        common = self._common()
         c = cfg.block_out_channels[i]
         cross = cfg.down_block_types[i] == "CrossAttnDownBlock2D"
         skips = []
@@ -557,7 +564,7 @@ class MidBlock(_Common):
     def __call__(self, x: jax.Array, emb: jax.Array, context: jax.Array) -> jax.Array:
         """``(B, h, w, C_last) -> (B, h, w, C_last)``."""
         cfg = self.config
-        common = (cfg, self.dtype, self.param_dtype, self.precision)
+        common = self._common()
         c = cfg.block_out_channels[-1]
         res = functools.partial(ResnetBlock2D, *common, out_channels=c,
                                 output_scale_factor=cfg.mid_block_scale_factor)
@@ -579,7 +586,7 @@ class UpBlock(_Common):
     ) -> jax.Array:
         """Consumes ``skips`` (the last one first), each concatenated onto the channels."""
         cfg, i = self.config, self.index
-        common = (cfg, self.dtype, self.param_dtype, self.precision)
+        common = self._common()
         level = len(cfg.block_out_channels) - 1 - i  # the down level of the same width
         c = cfg.block_out_channels[level]
         cross = cfg.up_block_types[i] == "CrossAttnUpBlock2D"
@@ -665,12 +672,20 @@ class UNet2DConditionModel(nn.Module):
       dtype: Compute dtype (``jnp.bfloat16`` on accelerators); the output is float32.
       param_dtype: Parameter dtype.
       precision: Matmul / convolution precision (``None``: the backend's default).
+      query_chunk_size: Attention over query chunks of this many tokens
+        (:func:`~diffjax.nn.attention.chunked_dot_product_attention`: the same result,
+        score memory bounded by the chunk); ``None``: all queries at once.
     """
 
     config: UNetConditionConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
+    query_chunk_size: int | None = None
+
+    def _common(self) -> tuple[Any, ...]:
+        return (self.config, self.dtype, self.param_dtype, self.precision,
+                self.query_chunk_size)
 
     def _embedding(
         self,
@@ -726,7 +741,7 @@ class UNet2DConditionModel(nn.Module):
         cfg = self.config
         _check_inputs(cfg, sample, timesteps, encoder_hidden_states, timestep_cond, added_cond)
         b = sample.shape[0]
-        common = (cfg, self.dtype, self.param_dtype, self.precision)
+        common = self._common()
         emb = self._embedding(timesteps, b, timestep_cond, added_cond)
         x = sample.astype(self.dtype)
         if cfg.center_input_sample:

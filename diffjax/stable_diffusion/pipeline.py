@@ -128,12 +128,16 @@ class PipelineSpec:
       vae: The VAE's config.
       scheduler_json: The scheduler config as sorted JSON (``scheduler_config``).
       dtype: Compute and weight dtype name (``'float32'``, ``'bfloat16'``).
+      attention_chunk: The UNet's attention over query chunks of this many tokens (the
+        same images, score memory bounded by the chunk;
+        :func:`~diffjax.nn.attention.chunked_dot_product_attention`); ``None``: whole.
     """
 
     unet: UNetConditionConfig
     vae: AutoencoderKLConfig
     scheduler_json: str
     dtype: str = "float32"
+    attention_chunk: int | None = None
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
@@ -162,6 +166,8 @@ class StableDiffusionPipeline:
       tokenizer: The CLIP tokenizer (77-token window).
       dtype: The weights' and compute dtype (the sampler state stays float32).
       path: Where it was loaded from (for messages), or ``None``.
+      attention_chunk: :attr:`PipelineSpec.attention_chunk` (``dataclasses.replace(pipe,
+        attention_chunk=1024)`` or ``load_pipeline(..., attention_chunk=1024)``).
     """
 
     unet_params: Any
@@ -174,7 +180,12 @@ class StableDiffusionPipeline:
     tokenizer: CLIPTokenizer
     dtype: Any = jnp.float32
     path: str | None = None
+    attention_chunk: int | None = None
     _replicated: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.attention_chunk is not None:
+            check_int("attention_chunk", self.attention_chunk, minimum=1)
 
     @property
     def spec(self) -> PipelineSpec:
@@ -182,6 +193,7 @@ class StableDiffusionPipeline:
         return PipelineSpec(
             self.unet_config, self.vae_config,
             json.dumps(dict(self.scheduler_config), sort_keys=True), _dtype_name(self.dtype),
+            self.attention_chunk,
         )
 
     @property
@@ -217,6 +229,7 @@ def load_pipeline(
     tokenizer: Any = None,
     prediction_type: str | None = None,
     revision: str | None = None,
+    attention_chunk: int | None = None,
 ) -> StableDiffusionPipeline:
     """Loads a diffusers Stable Diffusion folder, or a CompVis single-file checkpoint.
 
@@ -238,6 +251,9 @@ def load_pipeline(
       prediction_type: Single files only: ``'epsilon'`` or ``'v_prediction'`` (SD 2.x
         768-v checkpoints are v; the weights cannot tell).
       revision: Hub repo ids only: a branch, tag or commit.
+      attention_chunk: The UNet's attention in query chunks of this many tokens
+        (:attr:`PipelineSpec.attention_chunk`; e.g. 1024 at 512x512 quarters the largest
+        score buffers); ``None``: whole.
 
     Raises:
       FileNotFoundError: A missing folder, file or component (its name and path), or a
@@ -260,7 +276,7 @@ def load_pipeline(
         parts = load_single_file(path, config=config, tokenizer=tokenizer,
                                  prediction_type=prediction_type, dtype=dtype)
         fields = [getattr(parts, f.name) for f in dataclasses.fields(parts)]
-        return StableDiffusionPipeline(*fields, _DTYPES[dtype_name], path)
+        return StableDiffusionPipeline(*fields, _DTYPES[dtype_name], path, attention_chunk)
     given = {"config": config, "tokenizer": tokenizer, "prediction_type": prediction_type}
     extra = sorted(k for k, v in given.items() if v is not None)
     if extra:
@@ -279,7 +295,7 @@ def load_pipeline(
     prediction_type_from_scheduler_config(scheduler_config)
     return StableDiffusionPipeline(
         unet_params, unet_config, vae_params, vae_config, text_params, text_config,
-        scheduler_config, load_tokenizer(path), _DTYPES[dtype_name], path,
+        scheduler_config, load_tokenizer(path), _DTYPES[dtype_name], path, attention_chunk,
     )
 
 
@@ -319,7 +335,8 @@ def guided_model_fn(
     """
     dtype = _DTYPES[spec.dtype]
     cfg = spec.unet
-    unet = UNet2DConditionModel(cfg, dtype=dtype, param_dtype=dtype)
+    unet = UNet2DConditionModel(cfg, dtype=dtype, param_dtype=dtype,
+                                query_chunk_size=spec.attention_chunk)
 
     def call(x, t, context, batch):
         t_cond = None
