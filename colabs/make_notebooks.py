@@ -255,11 +255,12 @@ CELLS_01 = [
         to follow its labels, as in small mode's short run.
     """),
     code("""
+        from diffjax.networks.classifier import accuracy, class_agreement, train_classifier
+
         cfg, model, params, info = diffjax.load_trained(WORKDIR)
         n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
         print(f"UNet: {n_params:,} parameters, image shape {info['image_shape']}")
         schedule = diffjax.build_schedule(cfg.diffusion)
-        from diffjax.networks.classifier import accuracy, class_agreement, train_classifier
 
         clf = train_classifier(train_set, key=jax.random.key(0))
         heldout = load_dataset(config.data.name, split="heldout", **DATA_KW)
@@ -319,9 +320,9 @@ CELLS_02 = [
     code("""
         from IPython.display import Image, Markdown, display
 
-        from diffjax.data import load_dataset
         from diffjax.app.evaluate import evaluate_samples, load_evaluation_context, run_pareto_sweep
         from diffjax.app.reports import format_pareto_table
+        from diffjax.data import load_dataset
 
         OUT = os.path.abspath("outputs/02_ddpm_vs_ddim")
         ctx = load_evaluation_context(WORKDIR)  # trains the evaluation classifier on first use
@@ -442,7 +443,8 @@ CELLS_02 = [
             errors[n] = float(np.sqrt(np.mean((check_finite(x_rec, "decoded") - x0) ** 2)))
             print(f"{n:5d} steps: latent std {float(np.std(latents)):.3f}, "
                   f"reconstruction RMSE {errors[n]:.4f}")
-        assert all(a > b for a, b in zip(errors.values(), list(errors.values())[1:])), (
+        shrinking = zip(list(errors.values())[:-1], list(errors.values())[1:], strict=True)
+        assert all(a > b for a, b in shrinking), (
             f"the reconstruction error should shrink as the steps grow: {errors}")
         plt.figure(figsize=(4.5, 3))
         plt.loglog(list(errors), list(errors.values()), "o-")
