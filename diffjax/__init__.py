@@ -17,6 +17,9 @@ Primitives, pure functions of arrays and pytrees:
   :func:`dpm_solver_multistep`, :func:`dpm_solver_fast`), :func:`unipc` and
   :func:`edm_heun` (with :func:`karras_sigmas`); x0 clipping by
   :class:`StaticThresholding` or :class:`DynamicThresholding`;
+* consistency models (:mod:`diffjax.consistency`: the parameterization, CD / iCT / ECT
+  levels and losses; :mod:`diffjax.training.consistency_step`; sampled by
+  :func:`diffjax.samplers.consistency_multistep`);
 * the ADM-style :class:`UNet` (:mod:`diffjax.nn`), evaluation networks (FID InceptionV3,
   CLIP, a digits classifier: :mod:`diffjax.networks`), metric formulas (FID, KID,
   precision/recall, density/coverage, memorization: :mod:`diffjax.metrics`) and the

@@ -1,4 +1,4 @@
-"""Builds the library's objects from a run config: the schedule, the UNet, the denoiser.
+"""Builds the library's objects from a run config: schedule, UNet, denoiser, consistency.
 
 This is the one place where config strings (schedule names, dtypes) become objects;
 the library below it takes plain values.
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffjax._checks import check_choice
+from diffjax.consistency import ConsistencyParameterization, dimension_matched_sigma_max
 from diffjax.nn import UNet
 from diffjax.parameterization import make_denoiser
 from diffjax.schedules import DiscreteSchedule, make_schedule
@@ -77,3 +78,52 @@ def build_denoiser(
 ) -> Callable:
     """The sampler-facing denoiser ``fn(x, t, labels) -> Denoised`` of a trained UNet."""
     return make_denoiser(inference_model_fn(model, params), schedule, prediction_type)
+
+
+def consistency_parameterization(
+    config: ml_collections.ConfigDict,
+    schedule: DiscreteSchedule,
+    image_shape: tuple[int, ...],
+) -> ConsistencyParameterization | None:
+    """The consistency model's boundary and data scale, or None for a diffusion run.
+
+    ``consistency.sigma_max = 0`` is :func:`~diffjax.consistency.dimension_matched_sigma_max`
+    of ``image_shape``.
+    """
+    if not config.consistency.method:
+        return None
+    sigma_max = config.consistency.sigma_max or dimension_matched_sigma_max(image_shape)
+    return ConsistencyParameterization.for_schedule(
+        schedule, sigma_data=config.consistency.sigma_data, sigma_max=sigma_max
+    )
+
+
+def consistency_objective(
+    config: ml_collections.ConfigDict, schedule: DiscreteSchedule, image_shape: tuple[int, ...]
+) -> Any:
+    """The :class:`~diffjax.training.consistency_step.ConsistencyObjective` of a run."""
+    from diffjax.training.consistency_step import ConsistencyObjective
+
+    c = config.consistency
+    stage_steps = c.ect_stage_steps or max(1, config.training.num_steps // 8)
+    return ConsistencyObjective(
+        method=c.method,
+        param=consistency_parameterization(config, schedule, image_shape),
+        distance=c.distance,
+        huber_c=c.huber_c,
+        weighting=c.weighting,
+        num_scales=c.num_scales,
+        rho=c.rho,
+        target_ema=c.target_ema if c.method == "cd" else 0.0,
+        p_mean=c.p_mean,
+        p_std=c.p_std,
+        total_steps=config.training.num_steps,
+        s0=c.s0,
+        s1=c.s1,
+        ect_q=c.ect_q,
+        ect_k=c.ect_k,
+        ect_b=c.ect_b,
+        ect_stage_steps=stage_steps,
+        teacher_sampler=c.teacher_sampler,
+        guidance_scale=c.guidance_scale,
+    )

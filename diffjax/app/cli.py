@@ -1,4 +1,4 @@
-"""The ``diffjax`` command: train, sample, demo, evaluate, pareto, txt2img and img2img.
+"""The ``diffjax`` command: train, distill, sample, demo, evaluate, pareto, txt2img, img2img.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
   diffjax train --config experiments/configs/digits.py --workdir workdirs/digits
   diffjax train --config experiments/configs/digits.py:tiny --workdir /tmp/t
       --config.training.num_steps=40
+  diffjax distill --teacher workdirs/digits --method cd --workdir workdirs/digits_cd
+  diffjax sample --workdir workdirs/digits_cd --sampler cm --steps 2 --out cm2.png
   diffjax sample --workdir workdirs/digits --guidance 3 --labels 0,1,2 --out samples.png
   diffjax evaluate --workdir workdirs/digits --sampler dpm++2m --steps 20 --guidance 3
   diffjax pareto --workdir workdirs/digits --samplers ddim,dpm++2m --nfe 5,10,20 --guidance 3
@@ -63,14 +65,17 @@ def _parse_labels(text: str | None) -> np.ndarray | None:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
-    """Trains (or resumes) a run from a config file."""
+    """Trains (or resumes) a run from a config file, or distils a teacher (``distill``)."""
     import jax
 
     from diffjax.app.config import apply_overrides, load_config
-    from diffjax.app.train import train
+    from diffjax.app.train import distill_config, train
     from diffjax.training import distributed, preemption
 
-    config = load_config(args.config)
+    if args.command == "distill":
+        config = distill_config(args.teacher, args.method, args.teacher_step)
+    else:
+        config = load_config(args.config)
     apply_overrides(config, overrides)
     multi_process = distributed.initialize(
         args.coordinator_address,
@@ -86,8 +91,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         jax.config.update("jax_enable_compilation_cache", False)
     signum = preemption.pending_signal()
     if signum is not None and not multi_process:
-        print(f"diffjax train: stopped ({_signal_name(signum)}) before training started; "
-              "nothing was written", file=sys.stderr)
+        print(f"diffjax {args.command}: stopped ({_signal_name(signum)}) before training "
+              "started; nothing was written", file=sys.stderr)
         return
     state = train(config, args.workdir, step=args.step)
     step = int(state.step)
@@ -123,10 +128,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         labels = np.repeat(labels, args.num_per_label)
     if labels is None and model.num_classes is not None:
         labels = np.repeat(np.arange(model.num_classes), args.num_per_label).astype(np.int32)
+    schedule = builders.build_schedule(config.diffusion)
     samples = generate(
         model,
         params,
-        builders.build_schedule(config.diffusion),
+        schedule,
         prediction_type=config.diffusion.prediction_type,
         image_shape=tuple(info["image_shape"]),
         key=jax.random.key(args.seed),
@@ -140,6 +146,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         eta=args.eta,
         clip_x0=sampling.clip_x0,
         p_uncond=config.diffusion.p_uncond,
+        consistency=builders.consistency_parameterization(
+            config, schedule, tuple(info["image_shape"])
+        ),
     )
     samples = np.asarray(samples)
     if not np.all(np.isfinite(samples)):
@@ -350,15 +359,10 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``diffjax`` command."""
-    parser = argparse.ArgumentParser(prog="diffjax", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train or resume a run; --config.key=value overrides")
-    train.add_argument("--config", required=True, help="config file, optionally file.py:variant")
-    train.add_argument("--workdir", required=True)
-    multi = train.add_argument_group(
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workdir, multi-process and resume arguments of ``train`` and ``distill``."""
+    parser.add_argument("--workdir", required=True)
+    multi = parser.add_argument_group(
         "multi-process runs", "every process runs the same command with its own --process-id"
     )
     multi.add_argument("--coordinator-address", default=None, help="host:port of process 0")
@@ -368,9 +372,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let JAX detect the cluster (TPU pod, SLURM, ...)")
     multi.add_argument("--distributed-timeout", type=float, default=300.0,
                        help="seconds to wait for the coordinator and the other processes")
-    train.add_argument("--step", type=int, default=None,
-                       help="resume from this checkpoint step (default: the newest intact "
-                       "one); newer checkpoints are moved to checkpoints_set_aside/")
+    parser.add_argument("--step", type=int, default=None,
+                        help="resume from this checkpoint step (default: the newest intact "
+                        "one); newer checkpoints are moved to checkpoints_set_aside/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``diffjax`` command."""
+    parser = argparse.ArgumentParser(prog="diffjax", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train or resume a run; --config.key=value overrides")
+    train.add_argument("--config", required=True, help="config file, optionally file.py:variant")
+    _add_run_arguments(train)
+
+    distill = sub.add_parser(
+        "distill",
+        help="a consistency model from a trained diffusion workdir (CD or ECT); resumable; "
+        "--config.key=value overrides",
+    )
+    distill.add_argument("--teacher", required=True, help="the diffusion model's workdir")
+    distill.add_argument("--method", required=True, choices=("cd", "ect"),
+                         help="cd: consistency distillation; ect: easy consistency tuning")
+    distill.add_argument("--teacher-step", type=int, default=0,
+                         help="the teacher's checkpoint step (default 0: its newest)")
+    _add_run_arguments(distill)
 
     sample = sub.add_parser("sample", help="sample a trained workdir to PNG + npz")
     sample.add_argument("--workdir", required=True)
@@ -506,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "demo"):
+    if argv and argv[0] in ("train", "distill", "demo"):
         # Signals outside the training loop (start-up, shutdown) are recorded, not fatal:
         # the loop's own handler saves and stops. Called in-process (with argv), the
         # caller's handlers come back when main returns.
@@ -539,12 +565,12 @@ def _main(argv: list[str], as_program: bool) -> int:
 
 
 def _run_command(args: argparse.Namespace, overrides: list[str]) -> None:
-    if args.command == "train":
+    if args.command in ("train", "distill"):
         cmd_train(args, overrides)
     elif args.command == "demo":
         cmd_demo(args, overrides)
     elif overrides:
-        raise ValueError(f"--config overrides apply to train and demo only: {overrides}")
+        raise ValueError(f"--config overrides apply to train, distill and demo only: {overrides}")
     elif args.command == "evaluate":
         cmd_evaluate(args)
     elif args.command == "pareto":

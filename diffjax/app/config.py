@@ -27,7 +27,7 @@ from diffjax.nn.groups import DEFAULT_NUM_GROUPS, embedding_erasing_widths
 
 # Keys that define what a checkpoint contains; a run resumed with different values
 # would load parameters that mean something else.
-CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion")
+CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion", "consistency")
 CHECKPOINT_DEFINING_KEYS = ("data.name",)
 # Keys of the defining sections that say how the model runs, not what it is: the same
 # parameters serve any value, so a resumed run may change them.
@@ -106,6 +106,35 @@ def base_config() -> ml_collections.ConfigDict:
     # devices * grad_accum_steps equal parts. The update equals that of the whole batch.
     config.training.grad_accum_steps = 1
 
+    # Consistency models (diffjax.consistency): '' trains a diffusion model; 'cd' distils
+    # the diffusion model in `teacher`, 'ect' tunes it into a consistency model, 'ict'
+    # trains one from scratch. The defaults are iCT's (Song & Dhariwal 2023);
+    # `diffjax distill` applies CONSISTENCY_PRESETS for 'cd' and 'ect'.
+    config.consistency = ml_collections.ConfigDict()
+    config.consistency.method = ""  # '' | 'cd' | 'ict' | 'ect'
+    config.consistency.teacher = ""  # cd, ect: the diffusion workdir (absolute path)
+    config.consistency.teacher_step = 0  # the teacher's checkpoint; 0 = its newest
+    config.consistency.sigma_data = 0.5
+    # The largest level (capped at the schedule's); 0 = 80 sqrt(H W C / 3072), the papers'
+    # 80 at CIFAR-10's dimension (diffjax.consistency.dimension_matched_sigma_max).
+    config.consistency.sigma_max = 0.0
+    config.consistency.distance = "pseudo_huber"  # 'l2' | 'l1' | 'pseudo_huber' | 'l2_norm'
+    config.consistency.huber_c = 0.0  # 0 = iCT's 0.00054 sqrt(H W C)
+    config.consistency.weighting = "reciprocal_gap"  # 'uniform' | 'reciprocal_gap' | 'snr_plus_k'
+    config.consistency.target_ema = 0.0  # cd: the target network's EMA rate mu (0 = online)
+    config.consistency.num_scales = 18  # cd: Karras levels N
+    config.consistency.rho = 7.0
+    config.consistency.teacher_sampler = "heun"  # cd: 'heun' | 'ddim' | 'dpm++'
+    config.consistency.guidance_scale = 0.0  # cd: the teacher's guidance w, distilled in
+    config.consistency.p_mean = -1.1  # ict, ect: the lognormal of the noise levels
+    config.consistency.p_std = 2.0
+    config.consistency.s0 = 10  # ict: the curriculum's first and last level counts
+    config.consistency.s1 = 1280
+    config.consistency.ect_q = 2.0  # ect: Delta t shrinks by q per stage
+    config.consistency.ect_k = 8.0
+    config.consistency.ect_b = 1.0
+    config.consistency.ect_stage_steps = 0  # ect: steps per stage; 0 = num_steps // 8
+
     config.sampling = ml_collections.ConfigDict()
     config.sampling.sampler = "ddim"  # a name of diffjax.app.sampler_specs, e.g. 'dpm++2m@logsnr'
     config.sampling.num_steps = 50
@@ -113,6 +142,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.sampling.guidance_scale = 0.0
     config.sampling.clip_x0 = 1.0
     return config
+
+
+CONSISTENCY_PRESETS: dict[str, dict[str, Any]] = {
+    # The CM paper's CD (Song et al. 2023, Table 3): 18 Karras levels, Heun's teacher
+    # step, a target EMA of 0.95, lambda = 1; pseudo-Huber in place of LPIPS (which
+    # needs weights diffjax cannot ship).
+    "cd": {"target_ema": 0.95, "weighting": "uniform", "num_scales": 18,
+           "teacher_sampler": "heun", "distance": "pseudo_huber"},
+    # ECT (Geng et al. 2024): lognormal levels, 1 / (t - r), pseudo-Huber, no target EMA.
+    "ect": {"target_ema": 0.0, "weighting": "reciprocal_gap", "distance": "pseudo_huber"},
+    "ict": {"target_ema": 0.0, "weighting": "reciprocal_gap", "distance": "pseudo_huber"},
+}
+"""The ``consistency`` keys each method sets (``diffjax distill``; iCT's are the defaults)."""
 
 
 def digits_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -496,6 +538,9 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
     check("training.ema_decay", lambda v: 0 <= v <= 1, "a float in [0, 1]")
     check("training.seed", lambda v: 0 <= v <= MAX_SEED, f"an int in [0, {MAX_SEED}]")
 
+    # consistency
+    _check_consistency(values, problems, choice, check, at_least)
+
     # sampling
     if "sampling.sampler" in values:
         try:
@@ -511,6 +556,50 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
         )
     check("sampling.eta", lambda v: v >= 0, "a float >= 0")
     check("sampling.clip_x0", lambda v: v is None or v > 0, "a float > 0, or None for no clipping")
+
+
+def _check_consistency(
+    values: dict[str, Any], problems: list[str], choice: Callable, check: Callable,
+    at_least: Callable,
+) -> None:
+    """The ``consistency`` section's allowed values and ranges."""
+    from diffjax.consistency import CONSISTENCY_DISTANCES, CONSISTENCY_WEIGHTINGS
+    from diffjax.training.consistency_step import CONSISTENCY_METHODS, TEACHER_SAMPLERS
+
+    method_ok = choice("consistency.method", ("", *CONSISTENCY_METHODS))
+    method = values.get("consistency.method", "") if method_ok else None
+    choice("consistency.distance", CONSISTENCY_DISTANCES)
+    choice("consistency.weighting", CONSISTENCY_WEIGHTINGS)
+    choice("consistency.teacher_sampler", TEACHER_SAMPLERS)
+    at_least("consistency.teacher_step", 0)
+    check("consistency.sigma_data", lambda v: v > 0, "a float > 0")
+    check("consistency.sigma_max", lambda v: v >= 0,
+          "a float >= 0 (EDM units; 0: matched to the data's dimension)")
+    check("consistency.huber_c", lambda v: v >= 0, "a float >= 0 (0: iCT's 0.00054 sqrt(d))")
+    check("consistency.target_ema", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    at_least("consistency.num_scales", 2)
+    check("consistency.rho", lambda v: v > 0, "a float > 0")
+    check("consistency.guidance_scale", lambda v: v >= 0, "a float >= 0")
+    check("consistency.p_std", lambda v: v > 0, "a float > 0")
+    s0_ok = at_least("consistency.s0", 1)
+    if at_least("consistency.s1", 1) and s0_ok:
+        s0 = values["consistency.s0"]
+        check("consistency.s1", lambda v: v >= s0, f"an int >= consistency.s0={s0}")
+    check("consistency.ect_q", lambda v: v > 1, "a float > 1")
+    check("consistency.ect_k", lambda v: v >= 0, "a float >= 0")
+    check("consistency.ect_b", lambda v: v >= 0, "a float >= 0")
+    at_least("consistency.ect_stage_steps", 0)
+    if method in ("cd", "ect"):
+        check("consistency.teacher", lambda v: v != "",
+              f"the teacher's workdir (method {method!r} starts from a diffusion model)")
+    elif method is not None:
+        check("consistency.teacher", lambda v: v == "",
+              f"'' (method {method!r} takes no teacher)")
+    if method is not None and method != "cd":
+        check("consistency.target_ema", lambda v: v == 0,
+              "0 (a target EMA is CD's; iCT and ECT train against the online network)")
+        check("consistency.guidance_scale", lambda v: v == 0,
+              "0 (guidance is distilled from a teacher: method 'cd')")
 
 
 def _check_embedding(values: dict[str, Any], problems: list[str]) -> None:
@@ -638,15 +727,23 @@ def _merge(config: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
 
 
 def checkpoint_mismatches(
-    saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
+    saved: ml_collections.ConfigDict,
+    current: ml_collections.ConfigDict,
+    sections: Sequence[str] = CHECKPOINT_DEFINING_SECTIONS,
+    keys: Sequence[str] = CHECKPOINT_DEFINING_KEYS,
 ) -> list[str]:
-    """Lists the checkpoint-defining keys whose values differ between two configs."""
+    """Lists the checkpoint-defining keys whose values differ between two configs.
+
+    ``sections`` and ``keys`` say which keys define the checkpoint (by default all of
+    :data:`CHECKPOINT_DEFINING_SECTIONS` and :data:`CHECKPOINT_DEFINING_KEYS`); the
+    :data:`CHECKPOINT_NEUTRAL_KEYS` never do.
+    """
     saved_flat = dict(_flat_items(saved))
     current_flat = dict(_flat_items(current))
     diffs = []
     for key in sorted(current_flat):
-        defining = key.split(".")[0] in CHECKPOINT_DEFINING_SECTIONS
-        if not (defining or key in CHECKPOINT_DEFINING_KEYS) or key in CHECKPOINT_NEUTRAL_KEYS:
+        defining = key.split(".")[0] in sections
+        if not (defining or key in keys) or key in CHECKPOINT_NEUTRAL_KEYS:
             continue
         if saved_flat.get(key) != current_flat[key]:
             diffs.append(

@@ -489,6 +489,9 @@ def sample_timed(
             num_steps=int(num_steps),
             guidance_scale=guidance_scale,
             p_uncond=float(ctx.config.diffusion.p_uncond),
+            consistency=builders.consistency_parameterization(
+                ctx.config, ctx.schedule, ctx.image_shape
+            ),
         )
         out.append(np.asarray(jax.block_until_ready(x)))
         times.append(time.perf_counter() - start)

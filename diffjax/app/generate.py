@@ -23,6 +23,7 @@ from diffjax.app.sampler_specs import (
     default_clip_x0,
     parse_sampler,
 )
+from diffjax.consistency import ConsistencyParameterization, consistency_denoiser
 from diffjax.guidance import classifier_free_guidance
 from diffjax.nn import UNet
 from diffjax.samplers import Sampler, sample
@@ -153,7 +154,7 @@ class _StaticSchedule:
 
 STATIC_ARGNAMES = (
     "static_schedule", "model", "prediction_type", "sampler", "num_steps", "guided",
-    "clip_x0", "image_shape", "batch_size",
+    "clip_x0", "image_shape", "batch_size", "consistency",
 )
 """The arguments of :func:`_generate_fn` that are static under ``jit``; the others
 (parameters, labels, key, guidance scale, rescale and interval, eta) are traced."""
@@ -177,9 +178,12 @@ def _generate_fn(
     clip_x0: float | None,
     image_shape: tuple[int, ...],
     batch_size: int,
+    consistency: ConsistencyParameterization | None,
 ) -> jax.Array:
     schedule = static_schedule.schedule
     denoise = builders.build_denoiser(model, params, schedule, prediction_type)
+    if consistency is not None:
+        denoise = consistency_denoiser(denoise, schedule, consistency)
     if guided:
         denoise = classifier_free_guidance(
             denoise,
@@ -189,7 +193,10 @@ def _generate_fn(
             interval=(guidance_interval[0], guidance_interval[1]),
             schedule=schedule,
         )
-    built = sampler.build(schedule, num_steps, eta=eta, clip_x0=clip_x0)
+    sigma_range = None
+    if consistency is not None:
+        sigma_range = (consistency.sigma_min, consistency.sigma_max)
+    built = sampler.build(schedule, num_steps, eta=eta, clip_x0=clip_x0, sigma_range=sigma_range)
     noise_key, sample_key = jax.random.split(key)
     x_T = jax.random.normal(noise_key, (batch_size, *image_shape), jnp.float32)
     return sample(built, denoise, x_T, sample_key, cond=labels)
@@ -217,6 +224,7 @@ def generate(
     clip_x0: float | str | None = "auto",
     data_range: tuple[float, float] | None = PIXEL_DATA_RANGE,
     p_uncond: float = 0.1,
+    consistency: ConsistencyParameterization | None = None,
 ) -> jax.Array:
     """Samples images from a trained UNet.
 
@@ -247,6 +255,12 @@ def generate(
       data_range: the range of the data the model was trained on: pixels in [-1, 1]
         (so 'auto' clips at 1.0), or None for unbounded (latent) data (never clipped).
       p_uncond: the conditioning dropout the model was trained with (for the check).
+      consistency: a consistency model's parameterization
+        (:func:`~diffjax.app.builders.consistency_parameterization` of its config): the
+        network is then the consistency function ``f``
+        (:func:`~diffjax.consistency.consistency_denoiser`), sampled with ``'cm'``
+        (multistep consistency sampling) or any other sampler; None for a diffusion
+        model.
 
     Returns:
       float32 images (B, H, W, C).
@@ -307,4 +321,5 @@ def generate(
         clip_x0=clip_x0,
         image_shape=tuple(image_shape),
         batch_size=batch_size,
+        consistency=consistency,
     )

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from diffjax.app import images
+from diffjax.app import builders, images
 from diffjax.app.evaluate import EvalContext, evaluate_samples
 from diffjax.app.generate import generate
 from diffjax.app.reports import METRIC_COLUMNS, write_rows
@@ -184,6 +184,9 @@ def guidance_sweep(
             guidance_rescale=float(guidance_rescale),
             guidance_interval=guidance_interval,
             p_uncond=float(ctx.config.diffusion.p_uncond),
+            consistency=builders.consistency_parameterization(
+                ctx.config, ctx.schedule, ctx.image_shape
+            ),
         )
         x = np.asarray(x)
         if not np.all(np.isfinite(x)):

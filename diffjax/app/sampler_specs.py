@@ -13,7 +13,8 @@ third-order update consistent with the Taylor expansion, globally third order),
 'dpm++3m-reference' (the third-order update of the official DPM-Solver code, diffusers
 and k-diffusion, ``third_order='reference'``: globally second order), 'sde-dpm++2m',
 'dpm++2s' (singlestep); DPM-Solver 'dpm2', 'dpm3' (singlestep, noise prediction) and
-'dpm-fast'; 'unipc' (bh2, data prediction: diffusers' defaults); 'edm-heun'.
+'dpm-fast'; 'unipc' (bh2, data prediction: diffusers' defaults); 'edm-heun'; 'cm' (multistep
+consistency sampling, one evaluation per step, for consistency models).
 
 Grids: DDIM and DDPM use the trailing grid down to the clean point (t = -1); the
 DPM-Solver family and UniPC the linspace grid (data-prediction solvers down to t = -1
@@ -37,6 +38,7 @@ from diffjax._checks import check_int, is_int
 from diffjax.samplers import (
     Sampler,
     StaticThresholding,
+    consistency_multistep,
     ddim,
     ddpm,
     dpm_solver_fast,
@@ -84,6 +86,10 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm-fast": ("fast", {"order": 3, "prediction": "noise"}),
     "unipc": ("unipc", {"order": 2, "prediction": "data"}),
     "edm-heun": ("edm", {}),
+    # Multistep consistency sampling (Song et al. 2023, Algorithm 1), for the consistency
+    # models of diffjax.consistency; its re-noising levels are
+    # diffjax.samplers.default_consistency_levels.
+    "cm": ("consistency", {}),
 }
 SAMPLER_NAMES = tuple(_SAMPLERS)
 # Sampler families whose stochasticity ``eta`` sets (DDIM's); others take no eta.
@@ -176,7 +182,7 @@ class SamplerSpec:
 
     @property
     def family(self) -> str:
-        """'ddim', 'ddpm', 'multistep', 'singlestep', 'fast', 'unipc' or 'edm'."""
+        """'ddim', 'ddpm', 'multistep', 'singlestep', 'fast', 'unipc', 'edm' or 'consistency'."""
         return _SAMPLERS[self.name][0]
 
     @property
@@ -272,7 +278,8 @@ class SamplerSpec:
     def timesteps(self, schedule: DiscreteSchedule, num_steps: int) -> np.ndarray | None:
         """The static time grid ``build`` uses (``num_steps + 1`` model times), or ``None``.
 
-        ``None`` for 'dpm-fast' (its own allocation) and 'edm-heun' (Karras sigmas).
+        ``None`` for 'dpm-fast' (its own allocation), 'edm-heun' (Karras sigmas) and
+        'cm' (its re-noising levels).
         """
         family, options = _SAMPLERS[self.name]
         num_steps = check_num_steps(num_steps)
@@ -293,20 +300,23 @@ class SamplerSpec:
         eta: float | jax.Array = 0.0,
         clip_x0: float | None = 1.0,
         start_step: int = 0,
+        sigma_range: tuple[float, float] | None = None,
     ) -> Sampler:
         """Builds the sampler on ``schedule`` with ``num_steps`` steps.
 
         ``num_steps`` is the number of solver steps (:meth:`nfe` gives the network
         calls), except for 'dpm-fast', where it is the budget of network calls. ``eta``
         is DDIM's. ``clip_x0`` has one meaning for every sampler that forms x0 (DDIM,
-        DDPM, DPM-Solver++, UniPC): x0 is clipped to ``[-clip_x0, clip_x0]``
+        DDPM, DPM-Solver++, UniPC, 'cm'): x0 is clipped to ``[-clip_x0, clip_x0]``
         (:class:`~diffjax.samplers.StaticThresholding`); ``None`` does not clip. The
         default 1.0 is :func:`default_clip_x0` of pixel data in [-1, 1]; a latent
         model's is None. 'edm-heun' and the noise-prediction solvers form no x0 and
         never clip (as in Karras et al. and Lu et al.). ``start_step > 0`` builds the
         sampler on the grid :meth:`timesteps` ``[start_step:]`` (img2img: the last
         ``num_steps - start_step`` steps; ``x_T`` is then the sample at that grid's
-        first time); only samplers with a grid take it.
+        first time); only samplers with a grid take it. ``sigma_range`` is a consistency
+        model's ``(sigma_min, sigma_max)`` for 'cm' (default
+        :func:`~diffjax.samplers.consistency_sigma_range`).
 
         Raises:
           ValueError: for ``num_steps`` that is not an int ``>= 1`` (or too many for the
@@ -329,6 +339,11 @@ class SamplerSpec:
                 )
             if family == "fast":
                 return dpm_solver_fast(schedule, num_steps, **options)
+            if family == "consistency":
+                lo, hi = (None, None) if sigma_range is None else sigma_range
+                return consistency_multistep(
+                    schedule, num_steps, sigma_min=lo, sigma_max=hi, thresholding=clip
+                )
             return edm_heun(schedule, karras_sigmas(num_steps, *edm_sigma_range(schedule)))
         grid = grid[start_step:]
         if family == "ddim":

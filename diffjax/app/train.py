@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -35,6 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from diffjax._checks import check_choice
 from diffjax.app import builders
 from diffjax.app import checkpoint as ckpt
 from diffjax.app import config as config_lib
@@ -50,6 +51,10 @@ from diffjax.data.pipeline import check_example
 from diffjax.files import write_text_atomic
 from diffjax.schedules import DiscreteSchedule
 from diffjax.training import sharding
+from diffjax.training.consistency_step import (
+    create_consistency_train_state,
+    make_consistency_train_step,
+)
 from diffjax.training.optimizer import make_optimizer
 from diffjax.training.preemption import PreemptionWatcher
 from diffjax.training.state import TrainState, create_train_state
@@ -57,6 +62,145 @@ from diffjax.training.step import make_train_step
 from diffjax.training.workdir_lock import WorkdirLock
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class Teacher(NamedTuple):
+    """The diffusion model a consistency run starts from (``consistency.teacher``).
+
+    Attributes:
+      workdir: its workdir.
+      config: its run config.
+      model: its UNet.
+      params: its EMA parameters (CD's teacher network; the student's initialisation).
+    """
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: Any
+    params: Any
+
+
+def new_train_state(
+    config: ml_collections.ConfigDict, params: Any, optimizer: Any
+) -> TrainState:
+    """The state at step 0 of the run ``config`` describes, from ``params``.
+
+    A diffusion run's :class:`~diffjax.training.state.TrainState`; a consistency run's
+    keeps a copy of the target network too when CD's target EMA is on
+    (:func:`~diffjax.training.consistency_step.create_consistency_train_state`).
+    """
+    method = config.consistency.method
+    if not method:
+        return create_train_state(params, optimizer)
+    target_ema = config.consistency.target_ema if method == "cd" else 0.0
+    return create_consistency_train_state(params, optimizer, target_ema)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def check_apart_from_teacher(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses a workdir that is, holds or lies in the run's teacher (``consistency.teacher``).
+
+    Raises:
+      ValueError: naming both: nothing is ever written over a teacher.
+    """
+    teacher = config.consistency.teacher
+    if teacher and (_inside(workdir, teacher) or _inside(teacher, workdir)):
+        raise ValueError(
+            f"consistency.teacher={teacher!r} and the workdir {workdir!r} overlap: the "
+            "student needs its own workdir (nothing is written over the teacher)"
+        )
+
+
+def read_diffusion_workdir(path: str, argument: str) -> ml_collections.ConfigDict:
+    """The config of the diffusion workdir ``path`` (a teacher), checked (reads only).
+
+    Raises:
+      FileNotFoundError: ``path`` is no workdir (no config or run info), naming
+        ``argument``.
+      ValueError: it holds a consistency model, naming ``argument``.
+    """
+    try:
+        config = ckpt.read_config(path)
+        ckpt.read_run_info(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{argument}{path!r}: {e}") from None
+    if config.consistency.method:
+        raise ValueError(
+            f"{argument}{path!r} is a consistency model (method "
+            f"{config.consistency.method!r}), not a diffusion model"
+        )
+    return config
+
+
+def distill_config(
+    teacher: str, method: str, teacher_step: int = 0
+) -> ml_collections.ConfigDict:
+    """The config of a consistency run from the diffusion model in ``teacher``.
+
+    The teacher's own config (model, diffusion, data, optimizer, training) with
+    ``consistency.method = method``, the teacher's absolute path and the method's
+    :data:`~diffjax.app.config.CONSISTENCY_PRESETS`; overrides go on top.
+
+    Raises:
+      FileNotFoundError: naming ``--teacher`` for a folder that is not a workdir.
+      ValueError: for a method other than 'cd' and 'ect' (iCT needs no teacher: train
+        it from a config), or a teacher that is itself a consistency model.
+    """
+    check_choice("method", method, ("cd", "ect"))
+    config = read_diffusion_workdir(teacher, "--teacher ")
+    config.consistency.method = method
+    config.consistency.teacher = os.path.abspath(teacher)
+    config.consistency.teacher_step = int(teacher_step)
+    for key, value in config_lib.CONSISTENCY_PRESETS[method].items():
+        config.consistency[key] = value
+    return config
+
+
+def load_teacher(
+    config: ml_collections.ConfigDict, workdir: str, info: dict[str, Any]
+) -> Teacher | None:
+    """Reads and checks the teacher of a CD or ECT run (reads only); None for others.
+
+    Raises:
+      ValueError: naming ``consistency.teacher`` for a teacher that is the run's workdir
+        (or holds it, or lies in it: nothing is written over a teacher), that is a
+        consistency model rather than a diffusion model, whose images or classes differ
+        from the run's data, or whose model or diffusion settings differ from the run's
+        (the student starts from the teacher's weights).
+      FileNotFoundError: naming ``consistency.teacher`` for a folder that is not a
+        trained diffusion workdir.
+    """
+    c = config.consistency
+    if c.method not in ("cd", "ect"):
+        return None
+    teacher = c.teacher
+    check_apart_from_teacher(config, workdir)
+    teacher_config = read_diffusion_workdir(teacher, "consistency.teacher=")
+    teacher_info = ckpt.read_run_info(teacher)
+    problems = [
+        f"{key}: teacher has {teacher_info.get(key)!r}, run has {value!r}"
+        for key, value in info.items()
+        if teacher_info.get(key) != value
+    ]
+    problems += config_lib.checkpoint_mismatches(
+        teacher_config, config, sections=("model", "diffusion"), keys=()
+    )
+    problems = [p.replace("checkpoint has", "teacher has") for p in problems]
+    if problems:
+        raise ValueError(
+            f"consistency.teacher={teacher!r} cannot start this run (the student loads the "
+            "teacher's weights and data setup):\n  " + "\n  ".join(problems)
+        )
+    step = c.teacher_step or None
+    try:
+        _, model, params, _ = load_trained(teacher, step)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"consistency.teacher={teacher!r}: {e}") from None
+    return Teacher(workdir=teacher, config=teacher_config, model=model, params=params)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> ImageSource:
@@ -132,6 +276,7 @@ def train(
     config_lib.validate_config(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir {workdir!r} is a file, not a directory")
+    check_apart_from_teacher(config, workdir)
     training = config.training
     source = _as_source(dataset) if dataset is not None else load_training_data(config)
     config_lib.validate_config(config, image_size=int(source.image_shape[0]))
@@ -145,6 +290,7 @@ def train(
     check_example(source, source.decode(source.records[0]))
     info = run_info(source)
     ckpt.check_workdir(workdir, config, info)
+    teacher = load_teacher(config, workdir, info)
     with PreemptionWatcher() as preemption:
         created = not os.path.exists(workdir)
         os.makedirs(workdir, exist_ok=True)
@@ -152,7 +298,7 @@ def train(
         try:
             if lock is not None:
                 lock.acquire()
-            return _train_locked(config, workdir, source, info, mesh, preemption, step)
+            return _train_locked(config, workdir, source, info, mesh, preemption, step, teacher)
         finally:
             if lock is not None:
                 lock.release()
@@ -168,6 +314,7 @@ def _train_locked(
     mesh: jax.sharding.Mesh,
     preemption: PreemptionWatcher,
     resume_step: int | None,
+    teacher: Teacher | None,
 ) -> TrainState:
     """The body of :func:`train`, run while holding the workdir lock."""
     training = config.training
@@ -186,7 +333,7 @@ def _train_locked(
     replicated = sharding.replicated(mesh)
 
     def init_state(key: jax.Array) -> TrainState:
-        return create_train_state(builders.init_params(model, key, image_shape), optimizer)
+        return new_train_state(config, builders.init_params(model, key, image_shape), optimizer)
 
     base_key = jax.random.key(training.seed)
     init_key, train_key = jax.random.split(base_key)
@@ -207,6 +354,11 @@ def _train_locked(
             _set_aside_after(workdir, restored)
             state = restored.state
             _align_data_iterator(data_iterator, workdir, restored.step)
+        elif teacher is not None:  # the student starts as the teacher (CD, ECT)
+            state = jax.jit(
+                lambda params: new_train_state(config, params, optimizer),
+                out_shardings=replicated,
+            )(teacher.params)
         else:
             state = jax.jit(init_state, out_shardings=replicated)(init_key)
         save_timeout_s = training.save_timeout_s
@@ -220,7 +372,7 @@ def _train_locked(
         preemption.manager = manager
         state = _run_steps(
             config, workdir, source, mesh, model, schedule, optimizer, state, train_key,
-            data_iterator, manager, preemption,
+            data_iterator, manager, preemption, teacher,
         )
         _bounded(manager.wait_until_finished, save_timeout_s, "finishing the last save", workdir)
         failed = False
@@ -369,25 +521,11 @@ def _run_steps(
     data_iterator: Any,
     manager: Any,
     preemption: PreemptionWatcher,
+    teacher: Teacher | None = None,
 ) -> TrainState:
     """The step loop: train, log, check finiteness, save; stop at a signal."""
     training = config.training
-    replicated = sharding.replicated(mesh)
-    step_fn = make_train_step(
-        model,
-        schedule,
-        optimizer,
-        config.diffusion,
-        training.ema_decay,
-        grad_accum_steps=training.grad_accum_steps,
-        mesh=mesh,
-    )
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
+    train_step = _jitted_step(config, source, mesh, model, schedule, optimizer, teacher)
     start = int(state.step)
     is_main = jax.process_index() == 0
     metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -480,6 +618,52 @@ def _run_steps(
     return state
 
 
+def _jitted_step(
+    config: ml_collections.ConfigDict,
+    source: ImageSource,
+    mesh: jax.sharding.Mesh,
+    model: Any,
+    schedule: DiscreteSchedule,
+    optimizer: Any,
+    teacher: Teacher | None,
+) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, Any]]:
+    """The jitted, state-donating ``step(state, batch, key)`` of the run."""
+    training = config.training
+    replicated = sharding.replicated(mesh)
+    shardings = (replicated, sharding.batch_sharded(mesh), replicated)
+    if not config.consistency.method:
+        step_fn = make_train_step(
+            model,
+            schedule,
+            optimizer,
+            config.diffusion,
+            training.ema_decay,
+            grad_accum_steps=training.grad_accum_steps,
+            mesh=mesh,
+        )
+        return jax.jit(step_fn, in_shardings=shardings,
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+    cd = config.consistency.method == "cd"
+    step_fn = make_consistency_train_step(
+        model,
+        schedule,
+        optimizer,
+        builders.consistency_objective(config, schedule, tuple(source.image_shape)),
+        prediction_type=config.diffusion.prediction_type,
+        image_shape=tuple(source.image_shape),
+        p_uncond=config.diffusion.p_uncond,
+        ema_decay=training.ema_decay,
+        teacher_model=teacher.model if cd else None,
+        teacher_prediction_type=teacher.config.diffusion.prediction_type if cd else None,
+        grad_accum_steps=training.grad_accum_steps,
+        mesh=mesh,
+    )
+    jitted = jax.jit(step_fn, in_shardings=(*shardings, replicated),
+                     out_shardings=(replicated, replicated), donate_argnums=0)
+    teacher_params = teacher.params if cd else None
+    return lambda state, batch, key: jitted(state, batch, key, teacher_params)
+
+
 def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Loads a trained run for sampling.
 
@@ -502,7 +686,7 @@ def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, 
     image_shape = tuple(info["image_shape"])
 
     def init_state(key: jax.Array) -> TrainState:
-        return create_train_state(builders.init_params(model, key, image_shape), optimizer)
+        return new_train_state(config, builders.init_params(model, key, image_shape), optimizer)
 
     mesh = sharding.make_mesh()
     abstract = ckpt.abstract_with_sharding(
@@ -576,4 +760,13 @@ def _append_jsonl(path: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["CheckpointSaveError", "load_trained", "load_training_data", "train"]
+__all__ = [
+    "CheckpointSaveError",
+    "Teacher",
+    "distill_config",
+    "load_teacher",
+    "load_trained",
+    "load_training_data",
+    "new_train_state",
+    "train",
+]

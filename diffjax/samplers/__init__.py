@@ -2,6 +2,14 @@
 
 from diffjax.samplers.analytic import GaussianMixture
 from diffjax.samplers.ancestral import DDPM_VARIANCES, DDPMState, ddpm
+from diffjax.samplers.consistency import (
+    DEFAULT_SIGMA_MAX,
+    TWO_STEP_LEVEL,
+    ConsistencyState,
+    consistency_multistep,
+    consistency_sigma_range,
+    default_consistency_levels,
+)
 from diffjax.samplers.ddim import DDIMState, ddim
 from diffjax.samplers.diffusers_compat import (
     DiffusersDDIMState,
@@ -43,11 +51,18 @@ from diffjax.samplers.driver import (
     check_denoised,
     check_same_schedule,
     check_timesteps,
+    ode_step,
     sample,
     schedule_mismatch,
     transition_beta,
 )
-from diffjax.samplers.edm import EDMState, edm_heun, edm_sigma_range, karras_sigmas
+from diffjax.samplers.edm import (
+    EDMState,
+    edm_heun,
+    edm_sigma_range,
+    karras_interpolate,
+    karras_sigmas,
+)
 from diffjax.samplers.euler import (
     EulerState,
     LMSState,
@@ -74,11 +89,14 @@ from diffjax.samplers.unipc import UNIPC_VARIANTS, UniPCState, unipc, unipc_corr
 
 __all__ = [
     "DDPM_VARIANCES",
+    "DEFAULT_SIGMA_MAX",
     "DPM_SOLVER_TYPES",
     "LOWER_ORDER_FINAL_RULES",
     "PREDICTIONS",
     "THIRD_ORDER_UPDATES",
+    "TWO_STEP_LEVEL",
     "UNIPC_VARIANTS",
+    "ConsistencyState",
     "DDIMInversionState",
     "DDIMState",
     "DDPMState",
@@ -100,9 +118,12 @@ __all__ = [
     "check_denoised",
     "check_same_schedule",
     "check_timesteps",
+    "consistency_multistep",
+    "consistency_sigma_range",
     "ddim",
     "ddim_inversion",
     "ddpm",
+    "default_consistency_levels",
     "diffusers_ddim",
     "diffusers_ddim_loop",
     "diffusers_ddim_timesteps",
@@ -129,6 +150,7 @@ __all__ = [
     "guidance_scale_embedding",
     "img2img_sampler",
     "img2img_start",
+    "karras_interpolate",
     "karras_sigmas",
     "lcm",
     "lcm_loop",
@@ -136,6 +158,7 @@ __all__ = [
     "lms_discrete_loop",
     "loop_sampler",
     "multistep_orders",
+    "ode_step",
     "pndm",
     "pndm_loop",
     "pndm_timesteps",

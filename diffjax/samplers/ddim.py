@@ -146,5 +146,5 @@ def ddim(
     steps = int(ts.shape[0] - 1)
     return Sampler(
         num_steps=steps, init=init, step=step, finalize=finalize, schedule=schedule,
-        nfe=steps, order=None if stochastic else 1,
+        nfe=steps, order=None if stochastic else 1, init_at=lambda x, _: init(x),
     )

@@ -236,7 +236,7 @@ def dpm_solver_singlestep(
 
     return Sampler(
         num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule,
-        nfe=sum(orders), order=method_order,
+        nfe=sum(orders), order=method_order, init_at=lambda x, _: init(x),
     )
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "check_denoised",
     "check_same_schedule",
     "check_timesteps",
+    "ode_step",
     "sample",
     "schedule_mismatch",
     "transition_beta",
@@ -58,6 +59,11 @@ class Sampler(NamedTuple):
       order: the global convergence order of the method on the probability-flow ODE
         (the error falls as ``num_steps ** -order`` on grids ending at sigma > 0), or
         ``None`` for a stochastic sampler; tests/test_sampler_order.py measures it.
+      init_at: ``init_at(x, step_index) -> state``, the state of a sample ``x`` that
+        stands at grid point ``step_index`` (may be traced), for the one-step methods
+        whose state is the sample alone (DDIM, singlestep DPM-Solver, EDM Heun);
+        ``None`` for methods whose state carries history (multistep solvers). With it
+        :func:`ode_step` takes one step from any grid point.
     """
 
     num_steps: int
@@ -67,6 +73,7 @@ class Sampler(NamedTuple):
     schedule: VPSchedule | None = None
     nfe: int | None = None
     order: int | None = None
+    init_at: Callable[[Array, Array], SamplerState] | None = None
 
 
 def concrete_value(x: Any) -> np.ndarray | None:
@@ -392,3 +399,67 @@ def sample(
     if return_trajectory:
         return x, jnp.concatenate([first[None], traj], axis=0)
     return x
+
+
+def ode_step(
+    sampler: Sampler,
+    denoise_fn: DenoiseFn,
+    x: ArrayLike,
+    step_index: ArrayLike,
+    key: Array,
+    cond: Any = None,
+) -> Array:
+    """One step of a one-step sampler from grid point ``step_index[i]`` per example ``i``.
+
+    Example ``i`` of ``x`` stands at the sampler's grid point ``step_index[i]``; the
+    result is where ``sampler.step`` takes it, grid point ``step_index[i] + 1``. This is
+    the teacher's ODE step of consistency distillation (one diffjax sampler step, not a
+    copy of it): the step runs per example under ``jax.vmap`` (the network then sees the
+    whole batch at once).
+
+    Args:
+      sampler: a sampler with ``init_at`` (DDIM, singlestep DPM-Solver, EDM Heun).
+      denoise_fn: ``denoise_fn(x, t, cond) -> Denoised``.
+      x: batch-first samples.
+      step_index: int ``(B,)`` grid indices in ``[0, num_steps)`` (may be traced).
+      key: one PRNG key (example ``i`` gets ``fold_in(key, i)``) or one per example,
+        shape ``(B,)`` (so an example's step does not depend on its place in a batch).
+      cond: per-example conditioning (batch-first leaves) or ``None``.
+
+    Returns:
+      The samples one step later, in the state dtype.
+
+    Raises:
+      ValueError: for a sampler without ``init_at`` or a ``step_index`` that is not one
+        index per example.
+    """
+    if getattr(sampler, "init_at", None) is None:
+        raise ValueError(
+            "ode_step needs a one-step sampler (one with init_at: ddim, "
+            "dpm_solver_singlestep, edm_heun); a multistep solver's state carries history"
+        )
+    check_same_schedule(getattr(sampler, "schedule", None), denoiser_schedule(denoise_fn))
+    x = jnp.asarray(x, state_dtype(x))
+    step_index = jnp.asarray(step_index, jnp.int32)
+    if step_index.shape != (x.shape[0],):
+        raise ValueError(
+            f"step_index must hold one grid index per example, shape ({x.shape[0]},), "
+            f"got {step_index.shape}"
+        )
+
+    def one(x_i: Array, i: Array, k: Array, c: Any) -> Array:
+        def denoise(xb: Array, t: ArrayLike, cb: Any) -> Any:
+            return check_denoised(denoise_fn(xb, t, cb), shape=jnp.shape(xb))
+
+        c1 = None if c is None else jax.tree.map(lambda leaf: leaf[None], c)
+        state = sampler.init_at(x_i[None], i)
+        return sampler.finalize(sampler.step(denoise, state, i, k, c1))[0]
+
+    if key.shape == (x.shape[0],):
+        keys = key
+    elif key.shape == ():
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(x.shape[0]))
+    else:
+        raise ValueError(f"key must be one key or one per example ({x.shape[0]},), got {key.shape}")
+    cond_axis = None if cond is None else 0
+    return jax.vmap(one, in_axes=(0, 0, 0, cond_axis))(x, step_index, keys, cond)

@@ -58,7 +58,7 @@ from diffjax.schedules import VPSchedule
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = ["EDMState", "edm_heun", "edm_sigma_range", "karras_sigmas"]
+__all__ = ["EDMState", "edm_heun", "edm_sigma_range", "karras_interpolate", "karras_sigmas"]
 
 
 class EDMState(NamedTuple):
@@ -71,6 +71,18 @@ class EDMState(NamedTuple):
 
     x: Array
     alpha: Array
+
+
+def karras_interpolate(
+    ramp: ArrayLike, sigma_min: float, sigma_max: float, rho: float = 7.0
+) -> ArrayLike:
+    """``(sigma_max^(1/rho) + ramp (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` (Eq. 5).
+
+    ``ramp = 0`` is ``sigma_max`` and ``ramp = 1`` is ``sigma_min``; NumPy in, NumPy out,
+    and traced ``ramp`` works too (the levels of consistency training's curriculum).
+    """
+    lo, hi = float(sigma_min) ** (1.0 / rho), float(sigma_max) ** (1.0 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def karras_sigmas(
@@ -99,8 +111,7 @@ def karras_sigmas(
     if not float(rho) > 0.0:
         raise ValueError(f"rho must be > 0, got {rho=}")
     ramp = np.linspace(0.0, 1.0, int(num_steps))
-    lo, hi = float(sigma_min) ** (1.0 / rho), float(sigma_max) ** (1.0 / rho)
-    return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
+    return np.append(karras_interpolate(ramp, sigma_min, sigma_max, rho), 0.0)
 
 
 def edm_sigma_range(schedule: VPSchedule) -> tuple[float, float]:
@@ -179,6 +190,11 @@ def edm_heun(
     churn_mask = ((sig[:-1] >= s_tmin) & (sig[:-1] <= s_tmax)).astype(np.float64)
     kinds = tuple(2 if s > 0.0 else 1 for s in sig[1:])  # 2: Heun, 1: Euler onto sigma = 0
 
+    def init_at(x: ArrayLike, step_index: ArrayLike) -> EDMState:
+        dtype = state_dtype(x)
+        alpha = jax.lax.rsqrt(1.0 + jnp.asarray(sig, dtype)[step_index] ** 2)
+        return EDMState(x=jnp.asarray(x, dtype) / alpha, alpha=alpha)
+
     def init(x_T: ArrayLike) -> EDMState:
         dtype = state_dtype(x_T)
         alpha = jnp.asarray(1.0 / math.sqrt(1.0 + sig[0] ** 2), dtype)
@@ -221,5 +237,5 @@ def edm_heun(
 
     return Sampler(
         num_steps=num_steps, init=init, step=step, finalize=finalize, schedule=schedule,
-        nfe=sum(kinds), order=2 if deterministic else None,
+        nfe=sum(kinds), order=2 if deterministic else None, init_at=init_at,
     )

@@ -106,8 +106,6 @@ def make_train_step(
       and, for a conditional model, ``label``; the batch size must be divisible by
       ``grad_accum_steps`` (times the data-axis size of ``mesh``, when one is given).
     """
-    if grad_accum_steps < 1:
-        raise ValueError(f"{grad_accum_steps=} must be >= 1")
     conditional = model.num_classes is not None
     p_uncond = float(diffusion.p_uncond) if conditional else 0.0
     check_loss_options(
@@ -151,11 +149,87 @@ def make_train_step(
         label_axis = None if labels is None else 0
         return jnp.mean(jax.vmap(example_loss, in_axes=(0, label_axis, 0))(images, labels, keys))
 
-    grad_fn = jax.value_and_grad(batch_loss)
+    grad_fn = make_grad_fn(
+        lambda params, _, examples: batch_loss(params, examples), grad_accum_steps, mesh
+    )
+
+    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+        examples = step_examples(batch, key, state.step, conditional, grad_fn)
+        loss, grads = grad_fn(state.params, None, examples)
+        return apply_gradients(state, grads, loss, optimizer, ema_decay)
+
+    return train_step
+
+
+def step_examples(
+    batch: Batch, key: jax.Array, step: jax.Array, conditional: bool, grad_fn: GradFn
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """``(images, labels or None, per-example keys)`` of a step's batch (see the module doc).
+
+    Raises:
+      ValueError: a batch that does not split into ``grad_fn``'s microbatches.
+    """
+    images = batch["image"]
+    grad_fn.check_batch_size(images.shape[0])
+    step_key = jax.random.fold_in(key, step)
+    labels = batch.get("label") if conditional else None
+    return images, labels, example_keys(step_key, images.shape[0])
+
+
+class GradFn:
+    """``grad_fn(params, context, examples) -> (mean loss, gradients)``, accumulated.
+
+    Built by :func:`make_grad_fn`; ``check_batch_size`` refuses a batch that does not
+    split into the microbatches on every device.
+    """
+
+    def __init__(self, fn: Callable[..., Any], grad_accum_steps: int, num_shards: int):
+        self._fn = fn
+        self.grad_accum_steps = grad_accum_steps
+        self.num_shards = num_shards
+
+    def __call__(self, params: Any, context: Any, examples: Any) -> tuple[jax.Array, Any]:
+        """``(mean loss, gradients)`` of ``examples`` at ``params``."""
+        return self._fn(params, context, examples)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raises ValueError unless ``batch_size`` splits into the microbatches per device."""
+        if batch_size % (self.num_shards * self.grad_accum_steps):
+            raise ValueError(
+                f"batch size {batch_size} does not split into "
+                f"grad_accum_steps={self.grad_accum_steps} microbatches on each of "
+                f"{self.num_shards} device(s)"
+            )
+
+
+def make_grad_fn(
+    batch_loss: Callable[[Any, Any, Any], jax.Array],
+    grad_accum_steps: int = 1,
+    mesh: Mesh | None = None,
+) -> GradFn:
+    """The gradient of a batch loss, over ``grad_accum_steps`` microbatches.
+
+    Args:
+      batch_loss: ``batch_loss(params, context, examples) -> scalar`` mean loss of a batch
+        of per-example inputs ``examples`` (a batch-first pytree whose example ``i``
+        carries its own randomness, so the mean does not depend on the split);
+        ``context`` holds what every example shares (the step, frozen parameters) and is
+        not differentiated.
+      grad_accum_steps: microbatches per call (see :func:`make_train_step`).
+      mesh: the device Mesh the batch is sharded over (see :func:`make_train_step`).
+
+    Returns:
+      A :class:`GradFn`; the loss and gradients are the means over the microbatches.
+    """
+    if grad_accum_steps < 1:
+        raise ValueError(f"{grad_accum_steps=} must be >= 1")
+    value_and_grad = jax.value_and_grad(batch_loss)
+    if grad_accum_steps == 1:
+        return GradFn(value_and_grad, 1, 1)
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
 
-    def accumulated_grad(params: Any, examples: Any, axis: str | None) -> tuple[Any, Any]:
-        """Mean loss and gradient over ``grad_accum_steps`` microbatches of ``examples``.
+    def accumulated(params: Any, context: Any, examples: Any, axis: str | None) -> Any:
+        """Mean loss and gradient over the microbatches of ``examples``.
 
         With ``axis`` (inside shard_map) the parameters are marked device-varying, so
         each microbatch's gradient stays local, and the mean is all-reduced once.
@@ -166,7 +240,7 @@ def make_train_step(
 
         def accumulate(carry, microbatch):
             loss_sum, grad_sum = carry
-            loss, grads = grad_fn(params, microbatch)
+            loss, grads = value_and_grad(params, context, microbatch)
             return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
         zeros = (loss_zero, jax.tree.map(jnp.zeros_like, params))
@@ -179,49 +253,37 @@ def make_train_step(
         mean = jax.tree.map(lambda x: x / grad_accum_steps, (loss_sum, grad_sum))
         return mean if axis is None else jax.lax.pmean(mean, axis)
 
-    num_shards = 1
-    if mesh is not None and grad_accum_steps > 1:
-        num_shards = mesh.shape[DATA_AXIS]
-        accumulated_grad_fn = jax.shard_map(
-            functools.partial(accumulated_grad, axis=DATA_AXIS),
-            mesh=mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
-            out_specs=PartitionSpec(),
-        )
-    else:
-        accumulated_grad_fn = functools.partial(accumulated_grad, axis=None)
+    if mesh is None:
+        return GradFn(functools.partial(accumulated, axis=None), grad_accum_steps, 1)
+    sharded = jax.shard_map(
+        functools.partial(accumulated, axis=DATA_AXIS),
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=PartitionSpec(),
+    )
+    return GradFn(sharded, grad_accum_steps, mesh.shape[DATA_AXIS])
 
-    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-        images = batch["image"]
-        batch_size = images.shape[0]
-        if batch_size % (num_shards * grad_accum_steps):
-            raise ValueError(
-                f"batch size {batch_size} does not split into {grad_accum_steps=} "
-                f"microbatches on each of {num_shards} device(s)"
-            )
-        step_key = jax.random.fold_in(key, state.step)
-        examples = (
-            images,
-            batch.get("label") if conditional else None,
-            example_keys(step_key, batch_size),
-        )
-        if grad_accum_steps == 1:
-            loss, grads = grad_fn(state.params, examples)
-        else:
-            loss, grads = accumulated_grad_fn(state.params, examples)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = update_ema(state.ema_params, params, ema_decay_at(state.step, ema_decay))
-        new_state = TrainState(
-            step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
-        )
-        grad_norm = optax.tree.norm(grads)
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            # A NaN or Inf in any gradient makes the norm non-finite too.
-            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-        }
-        return new_state, metrics
 
-    return train_step
+def apply_gradients(
+    state: TrainState, grads: Any, loss: jax.Array, optimizer: optax.GradientTransformation,
+    ema_decay: float,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer update and the EMA after it (other fields of ``state`` are kept).
+
+    Returns:
+      ``(state at step + 1, metrics)`` with ``loss``, ``grad_norm`` and ``finite``.
+    """
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = update_ema(state.ema_params, params, ema_decay_at(state.step, ema_decay))
+    new_state = state.replace(
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    )
+    grad_norm = optax.tree.norm(grads)
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        # A NaN or Inf in any gradient makes the norm non-finite too.
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+    }
+    return new_state, metrics
