@@ -57,17 +57,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-# The longest test files, longest first (seconds of one CI run on 2 cores, 2026-12-04:
-# notebooks 485 (with the demo model it builds), checkpoint faults 256, signal faults 187,
-# demo 145, training 113, bad inputs 110, 8-device sharding 102, two-process training 93,
-# SD pipeline 87). xdist hands out whole files (``--dist loadfile``), by default the files
+# The longest test files, longest first (seconds of one run on 2 cores from a clean clone,
+# cold cache, 2026-12-04, with another engineer's jobs loading the machine: notebooks 550
+# (with the demo model it builds), checkpoint faults 299, signal faults 193, 8-device
+# sharding 184, two-process training 120, training 117, configs 101, SD pipeline 99,
+# demo 93, CLI 77). xdist hands out whole files (``--dist loadfile``), by default the files
 # with the most tests first, which put these few-test, long files last: the run then
 # ended with one worker busy on them and the other idle. They go first instead.
 LONGEST_FILES = (
-    "test_notebooks.py", "test_faults_disk.py", "test_faults_signals.py", "test_demo.py",
-    "test_training.py", "test_bad_inputs.py", "test_sharding.py", "test_distributed.py",
-    "test_sd_pipeline.py", "test_sampler_order.py", "test_dpm_solver.py", "test_configs.py",
-    "test_cli.py",
+    "test_notebooks.py", "test_faults_disk.py", "test_faults_signals.py", "test_sharding.py",
+    "test_distributed.py", "test_training.py", "test_configs.py", "test_sd_pipeline.py",
+    "test_demo.py", "test_cli.py", "test_samplers.py", "test_sampler_order.py",
+    "test_bad_inputs.py", "test_dpm_solver.py",
 )
 
 
