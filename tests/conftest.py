@@ -61,14 +61,17 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # cold cache, 2026-12-04, with another engineer's jobs loading the machine: notebooks 550
 # (with the demo model it builds), checkpoint faults 299, signal faults 193, 8-device
 # sharding 184, two-process training 120, training 117, configs 101, SD pipeline 99,
-# demo 93, CLI 77). xdist hands out whole files (``--dist loadfile``), by default the files
-# with the most tests first, which put these few-test, long files last: the run then
-# ended with one worker busy on them and the other idle. They go first instead.
+# demo 93, CLI 77; the notebooks are split over two files since, and the consistency
+# runs, about 300 on the loaded machine, came after). xdist hands out whole files
+# (``--dist loadfile``), by default the files with the most tests first, which put these
+# few-test, long files last: the run then ended with one worker busy on them and the
+# other idle. They go first instead.
 LONGEST_FILES = (
-    "test_notebooks.py", "test_faults_disk.py", "test_faults_signals.py", "test_sharding.py",
+    "test_notebooks.py", "test_notebooks_second_half.py", "test_faults_disk.py",
+    "test_faults_signals.py", "test_sharding.py",
     "test_distributed.py", "test_training.py", "test_configs.py", "test_sd_pipeline.py",
     "test_demo.py", "test_cli.py", "test_samplers.py", "test_sampler_order.py",
-    "test_bad_inputs.py", "test_dpm_solver.py",
+    "test_bad_inputs.py", "test_dpm_solver.py", "test_consistency_training.py",
 )
 
 

@@ -7,23 +7,18 @@ follows its labels, so the guidance and memorization claims can be checked), wit
 evaluation classifier in place; notebook 1 trains its own run. Every notebook asserts
 the claims it teaches in its cells (finite samples, the loss falling, class agreement
 above chance and rising with guidance, solver orders, the memorized vs full-data
-separation): a cell that raises fails the test with the cell's traceback.
+separation): a cell that raises fails the test with the cell's traceback. Notebooks 4 to
+6 run in tests/test_notebooks_second_half.py (the other xdist worker).
 """
 
 import importlib.util
 import os
-import shutil
-import time
 
 import nbformat
 import pytest
-from jax_subprocess import REPO, subprocess_env
-from nbclient import NotebookClient
+from notebook_runner import COLABS, FIRST_HALF, NOTEBOOKS, notebook_workdir, run_notebook
 
-COLABS = os.path.join(REPO, "colabs")
-NOTEBOOKS = sorted(f for f in os.listdir(COLABS) if f.endswith(".ipynb"))
-CELL_TIMEOUT_S = 300
-TRAINING_NOTEBOOKS = ("01_train_digits.ipynb", "05_memorization.ipynb")
+__all__ = ["notebook_workdir"]  # the fixture, for the notebooks below
 
 
 def _generator():
@@ -62,36 +57,13 @@ def test_every_notebook_asserts_its_claims():
         assert asserts >= 2, f"{name}: {asserts} assert statements of its own"
 
 
-@pytest.fixture(scope="module")
-def notebook_workdir(demo_model_workdir, tmp_path_factory):
-    """A copy of the session's demo model (notebooks write its eval cache)."""
-    path = str(tmp_path_factory.mktemp("notebooks") / "run")
-    shutil.copytree(demo_model_workdir, path)
-    return path
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", FIRST_HALF)
 def test_notebook_runs_in_small_mode(name, request, tmp_path):
-    with open(os.path.join(COLABS, name)) as f:
-        nb = nbformat.read(f, as_version=4)
-    env = subprocess_env(2)
-    env["DIFFJAX_NOTEBOOK_MODE"] = "small"
-    env["DIFFJAX_REPO"] = REPO  # notebook 6 finds the tiny Stable Diffusion folder there
-    if not name.startswith("01_"):  # notebook 1 trains its own run (no shared model needed)
-        env["DIFFJAX_NOTEBOOK_WORKDIR"] = request.getfixturevalue("notebook_workdir")
-    env.pop("DIFFJAX_COMPILATION_CACHE", None)
-    # XLA as users get it where a notebook trains (1 and 5: they run more than they
-    # compile); the others mostly compile samplers for a few dozen samples, and compile
-    # faster with the backend optimizations off (cold cache, one at a time on 2 cores:
-    # 02 42 -> 34 s, 04 35 -> 26 s, 06 31 -> 23 s of CPU; 03 the same either way).
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if name in TRAINING_NOTEBOOKS else "1"
-    client = NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    start = time.perf_counter()
-    client.execute(env=env)
-    print(f"{name}: {time.perf_counter() - start:.1f} s")
+    run_notebook(name, request, tmp_path)
+
+
+def test_the_two_files_run_every_notebook():
+    from test_notebooks_second_half import SECOND_HALF
+
+    assert sorted(FIRST_HALF + SECOND_HALF) == NOTEBOOKS
