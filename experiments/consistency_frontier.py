@@ -5,7 +5,8 @@ consistency students (CD, ECT, iCT, ...) with multistep consistency sampling ('c
 1, 2 and 4 steps, every point at several sampling seeds, all with the teacher's
 evaluation classifier (the same features, so the FIDs compare). Writes, to --out:
 
-* ``rows.csv``: one row per (model, sampler, NFE, seed), every metric;
+* ``rows.csv`` / ``rows.json``: one row per (model, sampler, NFE, seed), every metric
+  (``--include rows.json`` adds an earlier run's rows, e.g. a student trained later);
 * ``table.md``: mean and standard deviation over the seeds per point;
 * ``pareto_nfe.png`` / ``pareto_seconds.png``: the seed-mean FID against NFE and
   against seconds per image, the Pareto-optimal points marked.
@@ -104,16 +105,25 @@ def main():
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--include", default=None,
+                        help="rows.json of an earlier run whose models join the table")
+    parser.add_argument("--skip-teacher", action="store_true",
+                        help="evaluate only the students (the teacher's rows from --include)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     students = dict(item.split("=", 1) for item in args.students.split(","))
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    rows = evaluate_model(
-        "teacher", args.teacher, args.teacher_samplers.split(","),
-        [int(n) for n in args.teacher_nfe.split(",")], seeds, args.num_samples, args.out,
-        args.guidance,
-    )
+    rows = []
+    if args.include:
+        with open(args.include) as f:
+            rows += json.load(f)
+    if not args.skip_teacher:
+        rows += evaluate_model(
+            "teacher", args.teacher, args.teacher_samplers.split(","),
+            [int(n) for n in args.teacher_nfe.split(",")], seeds, args.num_samples, args.out,
+            args.guidance,
+        )
     for name, workdir in students.items():
         share_classifier(args.teacher, workdir)
         rows += evaluate_model(
@@ -125,6 +135,8 @@ def main():
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    with open(os.path.join(args.out, "rows.json"), "w") as f:
+        json.dump(rows, f, indent=1, default=float)
     agg = aggregate(rows)
     label = f"FID@{args.num_samples} (classifier features)"
     with open(os.path.join(args.out, "table.md"), "w") as f:
