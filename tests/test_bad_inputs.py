@@ -219,7 +219,7 @@ CASES = [
          r"guidance_rescale and guidance_interval refine classifier-free guidance; "
          r"give a guidance_scale too"),
     case("sample-config-override", sample("--config.x=1"), 2,
-         r"--config overrides apply to train and demo only: \['--config\.x=1'\]"),
+         r"--config overrides apply to train, distill and demo only: \['--config\.x=1'\]"),
     case("sample-num-per-label-zero",
          ["sample", "--workdir", "{wd}", "--steps", "2", "--out", "{tmp}/s.png",
           "--labels", "0", "--num-per-label", "0"], 2, r"--num-per-label"),
@@ -244,7 +244,7 @@ CASES = [
     case("pareto-batch-size-zero", ["pareto", "--workdir", "{wd}", "--batch-size", "0"], 2,
          r"--batch-size=0 must be >= 1"),
     case("evaluate-config-override", ["evaluate", "--workdir", "{wd}", "--config.x=1"], 2,
-         r"--config overrides apply to train and demo only"),
+         r"--config overrides apply to train, distill and demo only"),
     case("pareto-num-samples-zero", ["pareto", "--workdir", "{wd}", "--num-samples", "0"], 2,
          r"num_samples=0 is too few"),
     case("pareto-nfe-not-ints", ["pareto", "--workdir", "{wd}", "--nfe", "abc"], 2,

@@ -11,8 +11,12 @@ Adam 5e-4 (the paper's CIFAR-10 RAdam 1e-4 is for batch 1024 and 400k steps), ba
 128, 2,400 steps (the curriculum's 8 stages of 300), EMA 0.999 for sampling. These
 lengths are ours, sized for the 2-core CPU.
 
+Launch, one host:
   diffjax train --config experiments/configs/digits_ict.py --workdir workdirs/digits_ict
   diffjax sample --workdir workdirs/digits_ict --sampler cm --steps 2 --out ict2.png
+Launch, several hosts: the same command on every host, with a workdir all hosts see
+(add --distributed-auto on a TPU pod or SLURM, or --coordinator-address=HOST0:8476
+--num-processes=N --process-id=i elsewhere).
 Tiny local variant (seconds):
   diffjax train --config experiments/configs/digits_ict.py:tiny --workdir /tmp/ict_tiny
 """
