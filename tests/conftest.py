@@ -62,7 +62,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # (with the demo model it builds), checkpoint faults 299, signal faults 193, 8-device
 # sharding 184, two-process training 120, training 117, configs 101, SD pipeline 99,
 # demo 93, CLI 77; the notebooks are split over two files since, and the consistency
-# runs, about 300 on the loaded machine, came after). xdist hands out whole files
+# runs, about 300 on the loaded machine, came after; with both, the clean-clone run took
+# 11:35 at 186% CPU, notebook 04 99 s and 05 63 s the longest). xdist hands out whole files
 # (``--dist loadfile``), by default the files with the most tests first, which put these
 # few-test, long files last: the run then ended with one worker busy on them and the
 # other idle. They go first instead.
