@@ -100,6 +100,8 @@ def main():
     parser.add_argument("--teacher-samplers", default="ddim,dpm++2m")
     parser.add_argument("--teacher-nfe", default="5,10,20,50")
     parser.add_argument("--student-nfe", default="1,2,4")
+    parser.add_argument("--student-samplers", default="cm",
+                        help="e.g. cm,cm@1.5 (the 2-step level after '@')")
     parser.add_argument("--guidance", type=float, default=None,
                         help="guidance scale of every point (default: none, the conditional model)")
     parser.add_argument("--num-samples", type=int, default=500)
@@ -127,7 +129,8 @@ def main():
     for name, workdir in students.items():
         share_classifier(args.teacher, workdir)
         rows += evaluate_model(
-            name, workdir, ["cm"], [int(n) for n in args.student_nfe.split(",")], seeds,
+            name, workdir, args.student_samplers.split(","),
+            [int(n) for n in args.student_nfe.split(",")], seeds,
             args.num_samples, args.out, args.guidance,
         )
     keys = ["model", "seed", *[k for k in rows[0] if k not in ("model", "seed")]]

@@ -404,3 +404,19 @@ def test_ode_step_refuses_multistep_solvers_and_bad_indices():
         ode_step(dpm_solver_multistep(LINEAR, grid), den, jnp.ones((2, 2)), jnp.zeros(2), KEY)
     with pytest.raises(ValueError, match="one grid index per example"):
         ode_step(ddim(LINEAR, grid), den, jnp.ones((2, 2)), jnp.zeros(3, jnp.int32), KEY)
+
+
+def test_cm_spec_takes_its_two_step_level():
+    from diffjax.app.sampler_specs import parse_sampler
+
+    spec = parse_sampler("cm@1.5")
+    assert str(spec) == "cm@1.5" and spec.nfe(4) == 4 and str(parse_sampler("cm")) == "cm"
+    np.testing.assert_allclose(default_consistency_levels(3, 1.5), [3.0, 0.75])
+    den = consistency_denoiser(GAUSSIAN.denoiser(LINEAR), LINEAR, PARAM)
+    x_T = jax.random.normal(KEY, (6, 2))
+    by_name = spec.build(LINEAR, 2, clip_x0=None, sigma_range=(PARAM.sigma_min, PARAM.sigma_max))
+    direct = consistency_multistep(LINEAR, sigmas=[1.5])
+    chex.assert_trees_all_close(sample(by_name, den, x_T, KEY), sample(direct, den, x_T, KEY))
+    for bad in ("cm@x", "cm@-1", "cm@logsnr", "cm@nan"):
+        with pytest.raises(ValueError, match="2-step re-noising level"):
+            parse_sampler(bad)

@@ -14,7 +14,8 @@ third-order update consistent with the Taylor expansion, globally third order),
 and k-diffusion, ``third_order='reference'``: globally second order), 'sde-dpm++2m',
 'dpm++2s' (singlestep); DPM-Solver 'dpm2', 'dpm3' (singlestep, noise prediction) and
 'dpm-fast'; 'unipc' (bh2, data prediction: diffusers' defaults); 'edm-heun'; 'cm' (multistep
-consistency sampling, one evaluation per step, for consistency models).
+consistency sampling, one evaluation per step, for consistency models; 'cm@1.5' spreads
+its re-noising levels around 1.5 instead of the papers' 0.821).
 
 Grids: DDIM and DDPM use the trailing grid down to the clean point (t = -1); the
 DPM-Solver family and UniPC the linspace grid (data-prediction solvers down to t = -1
@@ -29,6 +30,7 @@ own logSNR grid for a budget of network calls; 'edm-heun' takes Karras noise lev
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -36,6 +38,7 @@ import numpy as np
 
 from diffjax._checks import check_int, is_int
 from diffjax.samplers import (
+    TWO_STEP_LEVEL,
     Sampler,
     StaticThresholding,
     consistency_multistep,
@@ -147,7 +150,8 @@ class SamplerSpec:
     Attributes:
       name: one of :data:`SAMPLER_NAMES`.
       grid: one of :data:`GRID_NAMES` for the DPM-Solver family and UniPC ('linspace'
-        when not given); ``None`` for the samplers with a grid of their own (DDIM/DDPM:
+        when not given); for 'cm' the 2-step re-noising level as text ('1.5'; None: the
+        papers' 0.821); ``None`` for the samplers with a grid of their own (DDIM/DDPM:
         trailing; 'dpm-fast': its logSNR allocation; 'edm-heun': Karras sigmas), which
         take no grid.
     """
@@ -167,6 +171,17 @@ class SamplerSpec:
                 object.__setattr__(self, "grid", "linspace")
             return
         text = f"{self.name}@{self.grid}"
+        if self.family == "consistency":
+            try:
+                level = float(self.grid)
+            except ValueError:
+                level = math.nan
+            if not (math.isfinite(level) and level > 0):
+                raise ValueError(
+                    f"sampler={text!r}: after 'cm@' comes the 2-step re-noising level, a "
+                    "number > 0 (EDM units), e.g. 'cm@1.5'"
+                )
+            return
         if self.grid not in GRID_NAMES:
             raise ValueError(
                 f"unknown grid {self.grid!r} in sampler={text!r}; expected one of {GRID_NAMES}"
@@ -341,8 +356,10 @@ class SamplerSpec:
                 return dpm_solver_fast(schedule, num_steps, **options)
             if family == "consistency":
                 lo, hi = (None, None) if sigma_range is None else sigma_range
+                level = TWO_STEP_LEVEL if self.grid is None else float(self.grid)
                 return consistency_multistep(
-                    schedule, num_steps, sigma_min=lo, sigma_max=hi, thresholding=clip
+                    schedule, num_steps, sigma_min=lo, sigma_max=hi, level=level,
+                    thresholding=clip,
                 )
             return edm_heun(schedule, karras_sigmas(num_steps, *edm_sigma_range(schedule)))
         grid = grid[start_step:]
