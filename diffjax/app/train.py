@@ -115,8 +115,10 @@ def check_apart_from_teacher(config: ml_collections.ConfigDict, workdir: str) ->
         )
 
 
-def read_diffusion_workdir(path: str, argument: str) -> ml_collections.ConfigDict:
-    """The config of the diffusion workdir ``path`` (a teacher), checked (reads only).
+def read_diffusion_workdir(
+    path: str, argument: str
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """The config and run info of the diffusion workdir ``path`` (a teacher; reads only).
 
     Raises:
       FileNotFoundError: ``path`` is no workdir (no config or run info), naming
@@ -125,7 +127,7 @@ def read_diffusion_workdir(path: str, argument: str) -> ml_collections.ConfigDic
     """
     try:
         config = ckpt.read_config(path)
-        ckpt.read_run_info(path)
+        info = ckpt.read_run_info(path)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{argument}{path!r}: {e}") from None
     if config.consistency.method:
@@ -133,7 +135,7 @@ def read_diffusion_workdir(path: str, argument: str) -> ml_collections.ConfigDic
             f"{argument}{path!r} is a consistency model (method "
             f"{config.consistency.method!r}), not a diffusion model"
         )
-    return config
+    return config, info
 
 
 def distill_config(
@@ -151,7 +153,7 @@ def distill_config(
         it from a config), or a teacher that is itself a consistency model.
     """
     check_choice("method", method, ("cd", "ect"))
-    config = read_diffusion_workdir(teacher, "--teacher ")
+    config, _ = read_diffusion_workdir(teacher, "--teacher ")
     config.consistency.method = method
     config.consistency.teacher = os.path.abspath(teacher)
     config.consistency.teacher_step = int(teacher_step)
@@ -179,8 +181,7 @@ def load_teacher(
         return None
     teacher = c.teacher
     check_apart_from_teacher(config, workdir)
-    teacher_config = read_diffusion_workdir(teacher, "consistency.teacher=")
-    teacher_info = ckpt.read_run_info(teacher)
+    teacher_config, teacher_info = read_diffusion_workdir(teacher, "consistency.teacher=")
     problems = [
         f"{key}: teacher has {teacher_info.get(key)!r}, run has {value!r}"
         for key, value in info.items()

@@ -166,7 +166,7 @@ class ConsistencyObjective:
         check_int("s0", self.s0, minimum=1)
         check_int("s1", self.s1, minimum=self.s0)
         check_int("ect_stage_steps", self.ect_stage_steps, minimum=1)
-        for name in ("rho", "p_std", "ect_q"):
+        for name in ("rho", "p_std"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not float(self.ect_q) > 1:
