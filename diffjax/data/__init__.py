@@ -1,9 +1,18 @@
-"""Image datasets (built-in and TFDS), their validation, and the grain training pipeline."""
+"""Image datasets (built-in, TFDS, captioned), their validation, and the grain training pipeline.
+
+The compositional shapes set with its exact detector is :mod:`diffjax.data.shapes`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from diffjax.data.captions import (
+    CaptionedDataset,
+    caption_fashion_mnist,
+    load_image_folder,
+    make_captioned_dataset,
+)
 from diffjax.data.dataset import (
     ImageDataset,
     batch_indices,
@@ -29,17 +38,21 @@ __all__ = [
     "SOURCE_NAMES",
     "TFDS_DATASETS",
     "TFDS_PREFIX",
+    "CaptionedDataset",
     "ImageDataset",
     "ImageSource",
     "batch_indices",
     "batch_iterator",
+    "caption_fashion_mnist",
     "in_memory_source",
     "iterate_batches",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
+    "load_image_folder",
     "load_source",
     "load_tfds_source",
+    "make_captioned_dataset",
     "make_dataset",
     "read_idx",
     "steps_per_epoch",
