@@ -30,6 +30,7 @@ from diffjax.data.shapes import (
     render_scene,
     score_scenes,
 )
+from diffjax.networks.clip_tokenizer import CLIPTokenizer, train_bpe
 
 # --------------------------------------------------------------------------- shapes
 
@@ -217,3 +218,39 @@ def test_image_folders_refuse_captions_that_do_not_match(tmp_path):
         load_image_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image_folder(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- a vocabulary
+
+
+def test_a_bpe_vocabulary_learned_from_captions(shapes_train, tmp_path):
+    _, captions, _ = shapes_train
+    tok = train_bpe(captions, max_length=16)
+    words = {w for c in captions for w in c.split()}
+    # Every caption word became one token; BOS, then the words, then EOS (the largest id).
+    ids = tok(captions, max_length=16)
+    lengths = (ids != tok.pad_token_id).sum(1) + 1  # + the EOS that equals the pad id
+    assert list(lengths) == [len(c.split()) + 2 for c in captions]
+    assert tok.eos_token_id == len(tok.encoder) - 1 and len(tok.encoder) == 512 + len(
+        tok.merges) + 2
+    assert all(len(tok.encode(w)) == 1 for w in words)
+    # Unseen words still encode (as bytes); the folder round-trips.
+    assert len(tok.encode("a purple hexagon")) > 3
+    tok.save(tmp_path / "tokenizer")
+    again = CLIPTokenizer.from_directory(tmp_path / "tokenizer")
+    assert again.max_length == 16
+    chex.assert_trees_all_equal(again([*captions, "a purple hexagon!"]),
+                                tok([*captions, "a purple hexagon!"]))
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        train_bpe([])
+
+
+def test_the_learned_vocabulary_reads_the_same_in_transformers(shapes_train, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _, captions, _ = shapes_train
+    tok = train_bpe(captions)
+    tok.save(tmp_path / "tokenizer")
+    theirs = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
+    texts = [*captions[:50], "A purple Hexagon, 42 times!"]
+    ids = theirs(texts, padding="max_length", max_length=77, truncation=True)["input_ids"]
+    chex.assert_trees_all_equal(np.asarray(ids, np.int32), tok(texts))

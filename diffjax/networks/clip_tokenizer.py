@@ -47,6 +47,7 @@ __all__ = [
     "bytes_to_unicode",
     "normalize_text",
     "pre_tokenize",
+    "train_bpe",
 ]
 
 BOS_TOKEN = "<|startoftext|>"
@@ -182,6 +183,8 @@ class CLIPTokenizer:
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (BOS + EOS), got {max_length=}.")
         self.bpe_ranks = {tuple(pair): rank for rank, pair in enumerate(merges)}
+        self.merges = [tuple(pair) for pair in merges]
+        self.pad_token, self.unk_token = pad_token, unk_token
         self.max_length = int(max_length)
         self.bos_token_id = self.encoder[BOS_TOKEN]
         self.eos_token_id = self.encoder[EOS_TOKEN]
@@ -251,6 +254,30 @@ class CLIPTokenizer:
             os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"), **kwargs
         )
 
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Writes the tokenizer as a Hugging Face ``CLIPTokenizer`` folder.
+
+        ``vocab.json``, ``merges.txt`` (with the ``#version: 0.2`` header),
+        ``tokenizer_config.json`` and ``special_tokens_map.json``: what
+        :meth:`from_directory` and transformers' ``CLIPTokenizer.from_pretrained`` read.
+        """
+        from diffjax.files import write_text_atomic
+
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        specials = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN,
+                    "pad_token": self.pad_token, "unk_token": self.unk_token}
+        files = {
+            "vocab.json": json.dumps(self.encoder, ensure_ascii=False),
+            "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges),
+            "tokenizer_config.json": json.dumps(
+                {**specials, "model_max_length": self.max_length,
+                 "tokenizer_class": "CLIPTokenizer", "do_lower_case": True}, indent=2),
+            "special_tokens_map.json": json.dumps(specials, indent=2),
+        }
+        for name, text in files.items():
+            write_text_atomic(os.path.join(directory, name), text)
+
     def bpe(self, piece: str) -> list[str]:
         """Applies the BPE merges to one pre-token (already byte-mapped); returns tokens."""
         word = [*piece[:-1], piece[-1] + _END_OF_WORD]
@@ -259,15 +286,7 @@ class CLIPTokenizer:
             best = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
             if best not in self.bpe_ranks:
                 break
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
+            word = list(_merge_pair(tuple(word), best))
         return word
 
     def _encode_piece(self, piece: str) -> list[int]:
@@ -329,3 +348,71 @@ def _split_special(text: str, specials: tuple[str, ...]) -> list[tuple[str, bool
     if start < len(text):
         out.append((text[start:], False))
     return out
+
+
+def train_bpe(
+    texts: Sequence[str],
+    *,
+    max_merges: int = 10_000,
+    min_frequency: int = 2,
+    max_length: int = 77,
+) -> CLIPTokenizer:
+    """Learns a CLIP-style byte-level BPE vocabulary from ``texts`` (Sennrich et al. 2016).
+
+    The texts are normalized and pre-tokenized as :class:`CLIPTokenizer` does; starting
+    from bytes (a word's last byte marked ``</w>``), the most frequent adjacent pair is
+    merged, repeatedly (ties to the lexicographically smaller pair), until ``max_merges``
+    merges or no pair occurs ``min_frequency`` times. The vocabulary is laid out as
+    OpenAI's: the 256 byte tokens, their 256 ``</w>`` forms, one token per merge in order,
+    then ``<|startoftext|>`` and ``<|endoftext|>`` (the largest id, so transformers'
+    end-of-text pooling finds it either way), so any text stays encodable.
+
+    Args:
+      texts: The training captions.
+      max_merges: At most this many merges.
+      min_frequency: A pair must occur this often (weighted by word counts) to merge.
+      max_length: The tokenizer's padded length (the text window, BOS and EOS included).
+
+    Returns:
+      The tokenizer; :meth:`CLIPTokenizer.save` writes it as a Hugging Face folder.
+    """
+    if isinstance(texts, str) or not len(texts):
+        raise ValueError("texts must be a non-empty sequence of strings.")
+    byte_map = bytes_to_unicode()
+    counts: dict[tuple[str, ...], int] = {}
+    for text in texts:
+        for piece in pre_tokenize(normalize_text(text)):
+            mapped = "".join(byte_map[b] for b in piece.encode("utf-8"))
+            word = (*mapped[:-1], mapped[-1] + _END_OF_WORD)
+            counts[word] = counts.get(word, 0) + 1
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges:
+        pairs: dict[tuple[str, str], int] = {}
+        for word, count in counts.items():
+            for pair in itertools.pairwise(word):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < min_frequency:
+            break
+        merges.append(best)
+        counts = {_merge_pair(word, best): count for word, count in counts.items()}
+    symbols = list(byte_map.values())
+    tokens = [*symbols, *(s + _END_OF_WORD for s in symbols), *(a + b for a, b in merges)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    vocab[BOS_TOKEN] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    return CLIPTokenizer(vocab, merges, max_length=max_length)
+
+
+def _merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
