@@ -1,4 +1,8 @@
-"""Training machinery: state, optimizer, step, sharding, integrity, lock, preemption.
+"""Training machinery: state, optimizer, steps, sharding, integrity, lock, preemption.
+
+The steps: diffusion (:mod:`~diffjax.training.step`), consistency
+(:mod:`~diffjax.training.consistency_step`) and the KL autoencoder
+(:mod:`~diffjax.training.autoencoder_step`).
 
 The loop over a workdir (``train``, ``load_trained``) and its checkpoints are in
 :mod:`diffjax.app.train` and :mod:`diffjax.app.checkpoint`.
@@ -12,6 +16,7 @@ from typing import TYPE_CHECKING
 from diffjax._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
+    from diffjax.training.autoencoder_step import make_autoencoder_train_step
     from diffjax.training.optimizer import make_optimizer
     from diffjax.training.state import (
         TrainState,
@@ -22,6 +27,7 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from diffjax.training.step import make_train_step
 
 _LAZY = {
+    "make_autoencoder_train_step": "diffjax.training.autoencoder_step",
     "make_optimizer": "diffjax.training.optimizer",
     "TrainState": "diffjax.training.state",
     "create_train_state": "diffjax.training.state",
@@ -38,6 +44,7 @@ __all__ = [
     "TrainState",
     "create_train_state",
     "ema_decay_at",
+    "make_autoencoder_train_step",
     "make_optimizer",
     "make_train_step",
     "update_ema",

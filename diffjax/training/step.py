@@ -203,9 +203,11 @@ class GradFn:
 
 
 def make_grad_fn(
-    batch_loss: Callable[[Any, Any, Any], jax.Array],
+    batch_loss: Callable[[Any, Any, Any], Any],
     grad_accum_steps: int = 1,
     mesh: Mesh | None = None,
+    *,
+    has_aux: bool = False,
 ) -> GradFn:
     """The gradient of a batch loss, over ``grad_accum_steps`` microbatches.
 
@@ -217,13 +219,16 @@ def make_grad_fn(
         not differentiated.
       grad_accum_steps: microbatches per call (see :func:`make_train_step`).
       mesh: the device Mesh the batch is sharded over (see :func:`make_train_step`).
+      has_aux: ``batch_loss`` returns ``(loss, aux)`` with ``aux`` a pytree of batch means
+        (metrics); the GradFn then returns ``((loss, aux), gradients)``.
 
     Returns:
-      A :class:`GradFn`; the loss and gradients are the means over the microbatches.
+      A :class:`GradFn`; the loss (and aux) and gradients are the means over the
+      microbatches.
     """
     if grad_accum_steps < 1:
         raise ValueError(f"{grad_accum_steps=} must be >= 1")
-    value_and_grad = jax.value_and_grad(batch_loss)
+    value_and_grad = jax.value_and_grad(batch_loss, has_aux=has_aux)
     if grad_accum_steps == 1:
         return GradFn(value_and_grad, 1, 1)
     platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
@@ -234,20 +239,24 @@ def make_grad_fn(
         With ``axis`` (inside shard_map) the parameters are marked device-varying, so
         each microbatch's gradient stays local, and the mean is all-reduced once.
         """
-        loss_zero = jnp.zeros((), jnp.float32)
+        microbatches = split_microbatches(examples, grad_accum_steps)
+        first = jax.tree.map(lambda x: x[0], microbatches)
+        value_shape = jax.eval_shape(value_and_grad, params, context, first)[0]  # loss (, aux)
+        loss_zero = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), value_shape)
         if axis is not None:
             params, loss_zero = jax.lax.pcast((params, loss_zero), axis, to="varying")
 
         def accumulate(carry, microbatch):
             loss_sum, grad_sum = carry
             loss, grads = value_and_grad(params, context, microbatch)
-            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+            return (jax.tree.map(jnp.add, loss_sum, loss),
+                    jax.tree.map(jnp.add, grad_sum, grads)), None
 
         zeros = (loss_zero, jax.tree.map(jnp.zeros_like, params))
         (loss_sum, grad_sum), _ = jax.lax.scan(
             accumulate,
             zeros,
-            split_microbatches(examples, grad_accum_steps),
+            microbatches,
             unroll=grad_accum_steps if platform in UNROLLED_ACCUMULATION_BACKENDS else 1,
         )
         mean = jax.tree.map(lambda x: x / grad_accum_steps, (loss_sum, grad_sum))

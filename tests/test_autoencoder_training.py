@@ -1,0 +1,110 @@
+"""The KL autoencoder's objective and step: the formulas, the split invariance, the scale."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from diffjax.data import load_digits
+from diffjax.nn.autoencoder import AutoencoderKL, AutoencoderKLConfig
+from diffjax.training.autoencoder_step import (
+    autoencoder_loss,
+    kl_to_standard_normal,
+    latent_scaling_factor,
+    make_autoencoder_train_step,
+    reconstruction_error,
+)
+from diffjax.training.state import create_train_state
+
+TINY = AutoencoderKLConfig(in_channels=1, out_channels=1, block_out_channels=(4, 8),
+                           layers_per_block=1, latent_channels=2, norm_num_groups=4,
+                           mid_block_add_attention=False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = AutoencoderKL(TINY)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    return model, params
+
+
+def test_the_kl_term_is_the_gaussian_kl_to_the_standard_normal():
+    mean = jnp.asarray([[0.5, -1.0, 0.0]])
+    logvar = jnp.asarray([[np.log(0.25), 0.0, np.log(2.0)]])
+    # A Monte Carlo estimate of E_q[log q - log p], 400k draws.
+    draws = np.random.default_rng(0).normal(size=(400_000, 3))
+    std = np.exp(0.5 * np.asarray(logvar))
+    z = np.asarray(mean) + std * draws
+    log_q = -0.5 * draws**2 - np.log(std)
+    log_p = -0.5 * z**2
+    estimate = float(np.mean(np.sum(log_q - log_p, axis=1)))
+    assert float(kl_to_standard_normal(mean, logvar)[0]) == pytest.approx(estimate, abs=5e-3)
+    assert float(kl_to_standard_normal(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0]) == 0.0
+
+
+def test_the_reconstruction_error_sums_over_pixels():
+    x = jnp.zeros((2, 2, 2, 1))
+    y = jnp.asarray([0.5, -0.5, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0]).reshape(2, 2, 2, 1)
+    chex.assert_trees_all_close(reconstruction_error(x, y, "l1"), jnp.asarray([2.0, 2.0]))
+    chex.assert_trees_all_close(reconstruction_error(x, y, "l2"), jnp.asarray([1.5, 4.0]))
+    with pytest.raises(ValueError, match="unknown reconstruction='l3'"):
+        reconstruction_error(x, y, "l3")
+
+
+# Momentum SGD: linear in the gradients, so equal gradients give equal updates (Adam's
+# first step, g / |g|, would turn rounding in near-zero gradients into sign flips).
+OPTIMIZER = optax.chain(optax.clip_by_global_norm(10.0), optax.sgd(3e-3, momentum=0.9))
+
+
+@pytest.fixture(scope="module")
+def whole_step(tiny):
+    return jax.jit(make_autoencoder_train_step(tiny[0], OPTIMIZER, kl_weight=1e-3))
+
+
+def test_a_split_batch_gives_the_same_update(tiny, whole_step):
+    model, params = tiny
+    images = jnp.asarray(load_digits("train").images[:16])
+    state = create_train_state(params, OPTIMIZER)
+    split = jax.jit(make_autoencoder_train_step(model, OPTIMIZER, kl_weight=1e-3,
+                                                grad_accum_steps=2))
+    a, metrics_a = whole_step(state, {"image": images}, jax.random.key(5))
+    b, metrics_b = split(state, {"image": images}, jax.random.key(5))
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(metrics_a, metrics_b, rtol=1e-5)
+    # The loss is its two terms; the KL is weighted.
+    assert float(metrics_a["loss"]) == pytest.approx(
+        float(metrics_a["reconstruction"]) + 1e-3 * float(metrics_a["kl"]), rel=1e-6)
+
+
+def test_training_lowers_the_held_out_reconstruction(tiny, whole_step):
+    model, params = tiny
+    train, held = load_digits("train").images, jnp.asarray(load_digits("heldout").images[:128])
+    state = create_train_state(params, OPTIMIZER)
+    keys = jax.random.split(jax.random.key(1), len(held))
+
+    def held_out(p):
+        return float(autoencoder_loss(model, p, held, keys, kl_weight=0.0)[1]["reconstruction"])
+
+    before = held_out(state.params)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        batch = {"image": jnp.asarray(train[rng.choice(len(train), 16)])}
+        state, metrics = whole_step(state, batch, jax.random.key(2))
+    assert bool(metrics["finite"])
+    assert held_out(state.params) < 0.5 * before, (before, held_out(state.params))
+
+
+def test_the_latent_scale_is_one_over_the_latent_std():
+    spread = np.random.default_rng(0).normal(scale=4.0, size=(3, 64, 2, 2, 1))
+
+    def encode(images):  # a posterior with no variance: z = mean
+        return images, jnp.full(images.shape, -30.0)
+
+    factor = latent_scaling_factor(encode, list(spread), jax.random.key(0))
+    assert factor == pytest.approx(1.0 / spread.std(), rel=1e-4)
+    with pytest.raises(ValueError, match="at least one batch"):
+        latent_scaling_factor(encode, [], jax.random.key(0))
+    with pytest.raises(ValueError, match="kl_weight=-1"):
+        make_autoencoder_train_step(AutoencoderKL(TINY), optax.sgd(1.0), kl_weight=-1)
