@@ -1,4 +1,8 @@
-"""The KL autoencoder's objective and step: the formulas, the split invariance, the scale."""
+"""The KL autoencoder: its objective and step (formulas, split invariance, scale), its runs."""
+
+import json
+import os
+import shutil
 
 import chex
 import jax
@@ -7,6 +11,8 @@ import numpy as np
 import optax
 import pytest
 
+from diffjax.app.cli import main
+from diffjax.app.train import distill_config, load_trained
 from diffjax.data import load_digits
 from diffjax.nn.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from diffjax.training.autoencoder_step import (
@@ -108,3 +114,41 @@ def test_the_latent_scale_is_one_over_the_latent_std():
         latent_scaling_factor(encode, [], jax.random.key(0))
     with pytest.raises(ValueError, match="kl_weight=-1"):
         make_autoencoder_train_step(AutoencoderKL(TINY), optax.sgd(1.0), kl_weight=-1)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def test_an_autoencoder_run_trains_resumes_and_refuses_other_runs(tiny_trained_workdir,
+                                                                    tmp_path, capsys):
+    vae = str(tmp_path / "vae")
+    argv = ["train", "--config", "experiments/configs/digits_vae.py:tiny",
+            "--config.training.progress_bar=False"]
+    assert main([*argv, "--workdir", vae]) == 0
+    with open(os.path.join(vae, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["loss"] == pytest.approx(r["reconstruction"] + 1e-6 * r["kl"], rel=1e-5)
+               for r in records)
+    # Resumed from its step-2 checkpoint, the run ends where the uninterrupted one did.
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(vae, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    assert main([*argv, "--workdir", resumed]) == 0
+    config, model, params, _ = load_trained(vae, task="autoencoder")
+    assert isinstance(model, AutoencoderKL) and config.autoencoder.latent_channels == 2
+    chex.assert_trees_all_equal(load_trained(resumed, task="autoencoder")[2], params)
+    # Where a diffusion model is needed, the autoencoder is refused by name.
+    capsys.readouterr()
+    assert main(["sample", "--workdir", vae, "--out", str(tmp_path / "s.png")]) == 2
+    assert "holds a 'autoencoder' model (config.task); this needs a 'diffusion' model" in (
+        capsys.readouterr().err)
+    with pytest.raises(ValueError, match="holds a 'autoencoder' model .*not a diffusion model"):
+        distill_config(vae, "cd")
+    # A diffusion workdir does not take an autoencoder run (nor the reverse).
+    other = str(tmp_path / "diffusion")
+    shutil.copytree(tiny_trained_workdir, other)
+    before = sorted(os.listdir(os.path.join(other, "checkpoints")))
+    assert main([*argv, "--workdir", other]) == 2
+    assert "task: checkpoint has 'diffusion', config has 'autoencoder'" in capsys.readouterr().err
+    assert sorted(os.listdir(os.path.join(other, "checkpoints"))) == before

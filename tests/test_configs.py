@@ -61,9 +61,35 @@ def param_count(config):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
+# The configs of task 'autoencoder' (the KL autoencoders of latent diffusion).
+AUTOENCODER_NAMES = ("digits_vae", "fashion_mnist_vae")
+
+
 def test_every_config_file_is_tested():
     found = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-    assert tuple(found) == NAMES
+    assert tuple(found) == tuple(sorted(NAMES + AUTOENCODER_NAMES))
+
+
+@pytest.mark.parametrize("name", AUTOENCODER_NAMES)
+def test_autoencoder_configs_build_and_document_their_launch(name):
+    counts = {}
+    for variant in ("", ":tiny"):
+        config = config_lib.load_config(config_path(name) + variant)
+        assert config.task == "autoencoder"
+        assert config_lib.from_json(config_lib.to_json(config)).to_dict() == config.to_dict()
+        image_shape = IN_MEMORY_SHAPES[config.data.name]
+        config_lib.validate_config(config, image_size=image_shape[0])
+        model = builders.build_model(config, 10, image_shape)
+        shapes = jax.eval_shape(
+            lambda key, m=model, s=image_shape: builders.init_params(m, key, s),
+            jax.random.key(0),
+        )
+        counts[variant] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    assert counts[":tiny"] < 20_000 < counts[""]
+    with open(config_path(name)) as f:
+        doc = f.read()
+    assert f"diffjax train --config experiments/configs/{name}.py" in doc
+    assert f"experiments/configs/{name}.py:tiny" in doc
 
 
 @pytest.mark.parametrize("name", NAMES)

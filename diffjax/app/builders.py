@@ -1,4 +1,7 @@
-"""Builds the library's objects from a run config: schedule, UNet, denoiser, consistency.
+"""Builds the library's objects from a run config: the schedule, the networks, the denoiser.
+
+The networks are the UNet and the KL autoencoder; the consistency parameterization and
+objective too.
 
 This is the one place where config strings (schedule names, dtypes) become objects;
 the library below it takes plain values.
@@ -16,6 +19,7 @@ import ml_collections
 from diffjax._checks import check_choice
 from diffjax.consistency import ConsistencyParameterization, dimension_matched_sigma_max
 from diffjax.nn import UNet
+from diffjax.nn.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from diffjax.parameterization import make_denoiser
 from diffjax.schedules import DiscreteSchedule, make_schedule
 
@@ -55,9 +59,36 @@ def build_unet(model: ml_collections.ConfigDict, num_classes: int | None) -> UNe
     )
 
 
-def init_params(model: UNet, key: jax.Array, image_shape: tuple[int, ...]) -> Any:
-    """Initialises the UNet's parameters for images of ``image_shape`` (H, W, C)."""
+def autoencoder_config(
+    section: ml_collections.ConfigDict, image_channels: int
+) -> AutoencoderKLConfig:
+    """The :class:`~diffjax.nn.AutoencoderKLConfig` of ``config.autoencoder``."""
+    return AutoencoderKLConfig(
+        in_channels=image_channels,
+        out_channels=image_channels,
+        block_out_channels=tuple(section.block_out_channels),
+        layers_per_block=section.layers_per_block,
+        latent_channels=section.latent_channels,
+        norm_num_groups=section.norm_num_groups,
+        mid_block_add_attention=section.mid_block_attention,
+    )
+
+
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int | None, image_shape: tuple[int, ...]
+) -> UNet | AutoencoderKL:
+    """The network a run of ``config.task`` trains: the UNet, or the KL autoencoder."""
+    check_choice("task", config.task, ("diffusion", "autoencoder"))
+    if config.task == "autoencoder":
+        return AutoencoderKL(autoencoder_config(config.autoencoder, int(image_shape[-1])))
+    return build_unet(config.model, num_classes)
+
+
+def init_params(model: UNet | AutoencoderKL, key: jax.Array, image_shape: tuple[int, ...]) -> Any:
+    """Initialises the network's parameters for images of ``image_shape`` (H, W, C)."""
     x = jnp.zeros((1, *image_shape), jnp.float32)
+    if isinstance(model, AutoencoderKL):
+        return model.init({"params": key}, x)["params"]
     t = jnp.zeros((1,), jnp.float32)
     labels = None if model.num_classes is None else jnp.zeros((1,), jnp.int32)
     return model.init({"params": key}, x, t, labels, train=False)["params"]

@@ -28,7 +28,13 @@ from diffjax.nn.groups import DEFAULT_NUM_GROUPS, embedding_erasing_widths
 # Keys that define what a checkpoint contains; a run resumed with different values
 # would load parameters that mean something else.
 CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion", "consistency")
-CHECKPOINT_DEFINING_KEYS = ("data.name",)
+CHECKPOINT_DEFINING_KEYS = ("task", "data.name")
+# What a run of each `task` trains, and the sections that define its checkpoint.
+TASKS = ("diffusion", "autoencoder")
+TASK_DEFINING_SECTIONS = {
+    "diffusion": CHECKPOINT_DEFINING_SECTIONS,
+    "autoencoder": ("autoencoder",),
+}
 # Keys of the defining sections that say how the model runs, not what it is: the same
 # parameters serve any value, so a resumed run may change them.
 CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.remat")
@@ -44,6 +50,9 @@ ADDED_KEYS = {"model.scale_shift_norm": False}
 def base_config() -> ml_collections.ConfigDict:
     """Returns the full default configuration tree."""
     config = ml_collections.ConfigDict()
+    # 'diffusion': a UNet denoiser (`model`, `diffusion`, `consistency`); 'autoencoder': the
+    # KL autoencoder of latent diffusion (`autoencoder`).
+    config.task = "diffusion"
 
     config.data = ml_collections.ConfigDict()
     # 'digits' | 'fashion_mnist' (IDX files) | 'tfds:<name>' (diffjax.data.SOURCE_NAMES)
@@ -134,6 +143,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.consistency.ect_k = 8.0
     config.consistency.ect_b = 1.0
     config.consistency.ect_stage_steps = 0  # ect: steps per stage; 0 = num_steps // 8
+
+    # The KL autoencoder (task 'autoencoder'; diffjax.nn.AutoencoderKL, diffusers' layout):
+    # one level per entry of block_out_channels, each but the last halving the side.
+    config.autoencoder = ml_collections.ConfigDict()
+    config.autoencoder.block_out_channels = (64, 128)
+    config.autoencoder.layers_per_block = 1
+    config.autoencoder.latent_channels = 4
+    config.autoencoder.norm_num_groups = 32
+    config.autoencoder.mid_block_attention = True
+    config.autoencoder.kl_weight = 1e-6  # beta of the KL term (LDM's KL-f4/f8: 1e-6)
+    config.autoencoder.reconstruction = "l1"  # 'l1' (LDM) | 'l2'
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.sampler = "ddim"  # a name of diffjax.app.sampler_specs, e.g. 'dpm++2m@logsnr'
@@ -229,6 +249,25 @@ def make_tiny(config: ml_collections.ConfigDict, image_size: int = 0) -> ml_coll
     config.sampling.num_steps = 10
     if image_size:
         config.data.image_size = image_size
+    return config
+
+
+def make_tiny_autoencoder(
+    config: ml_collections.ConfigDict, num_levels: int
+) -> ml_collections.ConfigDict:
+    """Shrinks an autoencoder config in place to a seconds-long run (the same downsampling).
+
+    ``num_levels`` levels of 8 channels (GroupNorm of 4 groups), no mid-block attention;
+    4 steps of batch 8, a log line and a checkpoint every 2.
+    """
+    config.autoencoder.block_out_channels = (8,) * num_levels
+    config.autoencoder.norm_num_groups = 4
+    config.autoencoder.mid_block_attention = False
+    config.optim.warmup_steps = 0
+    config.training.batch_size = 8
+    config.training.num_steps = 4
+    config.training.log_every = 2
+    config.training.checkpoint_every = 2
     return config
 
 
@@ -488,8 +527,10 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
         "a tuple of image sides (ints >= 1), possibly empty",
     )
     check("model.dropout", lambda v: 0 <= v < 1, "a float in [0, 1)")
+    # The UNet's fit to the images matters only when the run trains the UNet.
+    unet_image_size = image_size if values.get("task") == "diffusion" else None
     if at_least("model.num_heads", 1) and channels_ok and mults_ok:
-        _check_heads(values, problems, image_size)
+        _check_heads(values, problems, unet_image_size)
     if channels_ok and mults_ok and "model.scale_shift_norm" in values:
         _check_embedding(values, problems)
     choice("model.dtype", tuple(DTYPES))
@@ -540,6 +581,21 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
 
     # consistency
     _check_consistency(values, problems, choice, check, at_least)
+
+    # task, autoencoder
+    task_ok = choice("task", TASKS)
+    _check_autoencoder(values, problems, choice, check, at_least)
+    levels = values.get("autoencoder.block_out_channels")
+    if task_ok and values["task"] == "autoencoder" and image_size and levels:
+        factor = 2 ** (len(levels) - 1)
+        check("autoencoder.block_out_channels", lambda v: image_size % factor == 0,
+              f"at most as many levels as halve the {image_size}-pixel side exactly "
+              f"({len(levels)} levels downsample by {factor})")
+    if task_ok and values["task"] == "autoencoder" and values.get("consistency.method"):
+        problems.append(
+            f"consistency.method={values['consistency.method']!r}: expected '' for "
+            "task='autoencoder' (consistency models are diffusion runs)"
+        )
 
     # sampling
     if "sampling.sampler" in values:
@@ -600,6 +656,26 @@ def _check_consistency(
               "0 (a target EMA is CD's; iCT and ECT train against the online network)")
         check("consistency.guidance_scale", lambda v: v == 0,
               "0 (guidance is distilled from a teacher: method 'cd')")
+
+
+def _check_autoencoder(
+    values: dict[str, Any], problems: list[str], choice: Callable[..., bool],
+    check: Callable[..., bool], at_least: Callable[..., bool],
+) -> None:
+    """The ``autoencoder`` section's ranges (its widths and GroupNorm groups)."""
+    from diffjax.training.autoencoder_step import RECONSTRUCTION_LOSSES
+
+    widths_ok = check("autoencoder.block_out_channels",
+                      lambda v: len(v) > 0 and all(c >= 1 for c in v),
+                      "a non-empty tuple of ints >= 1")
+    at_least("autoencoder.layers_per_block", 1)
+    at_least("autoencoder.latent_channels", 1)
+    if at_least("autoencoder.norm_num_groups", 1) and widths_ok:
+        groups = values["autoencoder.norm_num_groups"]
+        check("autoencoder.block_out_channels", lambda v: all(c % groups == 0 for c in v),
+              f"widths divisible by autoencoder.norm_num_groups={groups}")
+    check("autoencoder.kl_weight", lambda v: v >= 0, "a float >= 0")
+    choice("autoencoder.reconstruction", RECONSTRUCTION_LOSSES)
 
 
 def _check_embedding(values: dict[str, Any], problems: list[str]) -> None:
@@ -729,15 +805,17 @@ def _merge(config: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
 def checkpoint_mismatches(
     saved: ml_collections.ConfigDict,
     current: ml_collections.ConfigDict,
-    sections: Sequence[str] = CHECKPOINT_DEFINING_SECTIONS,
+    sections: Sequence[str] | None = None,
     keys: Sequence[str] = CHECKPOINT_DEFINING_KEYS,
 ) -> list[str]:
     """Lists the checkpoint-defining keys whose values differ between two configs.
 
-    ``sections`` and ``keys`` say which keys define the checkpoint (by default all of
-    :data:`CHECKPOINT_DEFINING_SECTIONS` and :data:`CHECKPOINT_DEFINING_KEYS`); the
-    :data:`CHECKPOINT_NEUTRAL_KEYS` never do.
+    ``sections`` and ``keys`` say which keys define the checkpoint (by default the
+    sections of ``current``'s task, :data:`TASK_DEFINING_SECTIONS`, and
+    :data:`CHECKPOINT_DEFINING_KEYS`); the :data:`CHECKPOINT_NEUTRAL_KEYS` never do.
     """
+    if sections is None:
+        sections = TASK_DEFINING_SECTIONS.get(current.task, CHECKPOINT_DEFINING_SECTIONS)
     saved_flat = dict(_flat_items(saved))
     current_flat = dict(_flat_items(current))
     diffs = []

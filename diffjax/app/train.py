@@ -51,6 +51,7 @@ from diffjax.data.pipeline import check_example
 from diffjax.files import write_text_atomic
 from diffjax.schedules import DiscreteSchedule
 from diffjax.training import sharding
+from diffjax.training.autoencoder_step import make_autoencoder_train_step
 from diffjax.training.consistency_step import (
     create_consistency_train_state,
     make_consistency_train_step,
@@ -62,6 +63,7 @@ from diffjax.training.step import make_train_step
 from diffjax.training.workdir_lock import WorkdirLock
 
 METRICS_FILE = "metrics.jsonl"
+LOGGED_TERMS = ("reconstruction", "kl")  # step metrics logged besides loss and grad_norm
 
 
 class Teacher(NamedTuple):
@@ -130,6 +132,11 @@ def read_diffusion_workdir(
         info = ckpt.read_run_info(path)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{argument}{path!r}: {e}") from None
+    if config.task != "diffusion":
+        raise ValueError(
+            f"{argument}{path!r} holds a {config.task!r} model (config.task), not a diffusion "
+            "model"
+        )
     if config.consistency.method:
         raise ValueError(
             f"{argument}{path!r} is a consistency model (method "
@@ -325,9 +332,9 @@ def _train_locked(
         training.batch_size,
         seed=training.seed,
         random_flip=config.data.random_flip,
-        labels=config.model.class_conditional,
+        labels=config.model.class_conditional and config.task == "diffusion",
     )
-    model = builders.build_unet(config.model, source.num_classes)
+    model = builders.build_model(config, source.num_classes, tuple(source.image_shape))
     schedule = builders.build_schedule(config.diffusion)
     optimizer = make_optimizer(config.optim)
     image_shape = tuple(source.image_shape)
@@ -587,6 +594,8 @@ def _run_steps(
                     "step": done,
                     "loss": float(host["loss"]),
                     "grad_norm": float(host["grad_norm"]),
+                    # The objective's own terms (the autoencoder's reconstruction and KL).
+                    **{k: float(v) for k, v in host.items() if k in LOGGED_TERMS},
                     "images_per_s": images_per_s,
                 }
                 progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
@@ -632,6 +641,18 @@ def _jitted_step(
     training = config.training
     replicated = sharding.replicated(mesh)
     shardings = (replicated, sharding.batch_sharded(mesh), replicated)
+    if config.task == "autoencoder":
+        step_fn = make_autoencoder_train_step(
+            model,
+            optimizer,
+            kl_weight=config.autoencoder.kl_weight,
+            reconstruction=config.autoencoder.reconstruction,
+            ema_decay=training.ema_decay,
+            grad_accum_steps=training.grad_accum_steps,
+            mesh=mesh,
+        )
+        return jax.jit(step_fn, in_shardings=shardings,
+                       out_shardings=(replicated, replicated), donate_argnums=0)
     if not config.consistency.method:
         step_fn = make_train_step(
             model,
@@ -665,26 +686,36 @@ def _jitted_step(
     return lambda state, batch, key: jitted(state, batch, key, teacher_params)
 
 
-def load_trained(workdir: str, step: int | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Loads a trained run for sampling.
+def load_trained(
+    workdir: str, step: int | None = None, *, task: str = "diffusion"
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Loads a trained run for sampling (or, with ``task='autoencoder'``, for encoding).
 
     Args:
       workdir: a training workdir.
       step: which checkpoint (default: the newest intact one; a damaged newer one is
         skipped with a :class:`~diffjax.app.checkpoint.CheckpointWarning`).
+      task: the kind of run the caller needs (``config.task``).
 
     Returns:
       (config, model, ema_params, run_info).
 
     Raises:
       FileNotFoundError: not a workdir, no checkpoint, or no checkpoint at ``step``.
+      ValueError: the workdir trained another task (an autoencoder where a diffusion
+        model is needed, or the reverse).
       CheckpointCorruptError: the requested step, or every checkpoint, is damaged.
     """
     config = ckpt.read_config(workdir)
+    if config.task != task:
+        raise ValueError(
+            f"{workdir!r} holds a {config.task!r} model (config.task); this needs a {task!r} "
+            "model"
+        )
     info = ckpt.read_run_info(workdir)
-    model = builders.build_unet(config.model, info["num_classes"])
-    optimizer = make_optimizer(config.optim)
     image_shape = tuple(info["image_shape"])
+    model = builders.build_model(config, info["num_classes"], image_shape)
+    optimizer = make_optimizer(config.optim)
 
     def init_state(key: jax.Array) -> TrainState:
         return new_train_state(config, builders.init_params(model, key, image_shape), optimizer)
