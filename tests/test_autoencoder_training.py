@@ -11,9 +11,12 @@ import numpy as np
 import optax
 import pytest
 
+from diffjax.app.autoencoder_eval import reconstruct
 from diffjax.app.cli import main
 from diffjax.app.train import distill_config, load_trained
 from diffjax.data import load_digits
+from diffjax.metrics import psnr
+from diffjax.networks.classifier import save_classifier, train_classifier
 from diffjax.nn.autoencoder import AutoencoderKL, AutoencoderKLConfig
 from diffjax.training.autoencoder_step import (
     autoencoder_loss,
@@ -102,6 +105,15 @@ def test_training_lowers_the_held_out_reconstruction(tiny, whole_step):
     assert held_out(state.params) < 0.5 * before, (before, held_out(state.params))
 
 
+def test_psnr_is_ten_log_ten_of_the_range_squared_over_the_mse():
+    x = np.zeros((2, 4, 4, 1))
+    y = x + np.asarray([0.1, 0.2])[:, None, None, None]
+    np.testing.assert_allclose(psnr(x, y), 10 * np.log10(4 / np.asarray([0.01, 0.04])))
+    assert psnr(x, x)[0] == np.inf
+    with pytest.raises(ValueError, match="same"):
+        psnr(x, y[:1])
+
+
 def test_the_latent_scale_is_one_over_the_latent_std():
     spread = np.random.default_rng(0).normal(scale=4.0, size=(3, 64, 2, 2, 1))
 
@@ -138,6 +150,20 @@ def test_an_autoencoder_run_trains_resumes_and_refuses_other_runs(tiny_trained_w
     config, model, params, _ = load_trained(vae, task="autoencoder")
     assert isinstance(model, AutoencoderKL) and config.autoencoder.latent_channels == 2
     chex.assert_trees_all_equal(load_trained(resumed, task="autoencoder")[2], params)
+    # `diffjax evaluate` on it: PSNR, rFID@N and the latent scale (a 30-step classifier
+    # put in place, as tests/conftest.py does for samples).
+    clf = train_classifier(load_digits("train"), key=jax.random.key(0), num_steps=30)
+    os.makedirs(os.path.join(vae, "eval"))
+    save_classifier(os.path.join(vae, "eval", "digits_classifier.msgpack"), clf)
+    assert main(["evaluate", "--workdir", vae, "--num-samples", "64"]) == 0
+    with open(os.path.join(vae, "eval", "autoencoder_N64.json")) as f:
+        result = json.load(f)
+    assert result["step"] == 4 and result["latent_shape"] == [4, 4, 2]
+    assert result["compression"] == 2.0 and result["latent_scaling_factor"] > 0
+    recon = reconstruct(model, params, load_digits("heldout").images[:64])
+    assert result["psnr_db"] == pytest.approx(
+        float(np.mean(psnr(load_digits("heldout").images[:64], recon))), rel=1e-6)
+    assert np.isfinite(result["rfid"]) and result["rfid"] > 0
     # Where a diffusion model is needed, the autoencoder is refused by name.
     capsys.readouterr()
     assert main(["sample", "--workdir", vae, "--out", str(tmp_path / "s.png")]) == 2

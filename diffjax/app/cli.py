@@ -252,6 +252,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     from diffjax.files import write_text_atomic
 
+    if _workdir_task(args.workdir) == "autoencoder":
+        from diffjax.app.autoencoder_eval import (
+            evaluate_autoencoder,
+            format_autoencoder_evaluation,
+        )
+
+        result = evaluate_autoencoder(args.workdir, num_images=args.num_samples, seed=args.seed,
+                                      step=args.step, batch_size=args.batch_size, out=args.out)
+        print(format_autoencoder_evaluation(result))
+        print(f"wrote {result['out']}")
+        return
     # The arguments are checked before load_evaluation_context, which may train the
     # evaluation classifier and cache reference features in WORKDIR/eval/.
     check_num_samples(args.num_samples, args.features)
@@ -279,6 +290,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(format_evaluation(result))
     print(f"wrote {out}")
+
+
+def _workdir_task(workdir: str) -> str:
+    """The ``config.task`` of a workdir ('diffusion' when it has no config yet)."""
+    from diffjax.app import checkpoint as ckpt
+
+    try:
+        return str(ckpt.read_config(workdir).task)
+    except FileNotFoundError:
+        return "diffusion"  # the diffusion path reports the missing workdir
 
 
 def _check_eval_arguments(args: argparse.Namespace) -> None:
@@ -427,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-per-class", type=int, default=50)
 
     evaluate = sub.add_parser(
-        "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler"
+        "evaluate", help="FID@N, KID, precision/recall, class agreement and speed of a sampler "
+        "(of an autoencoder workdir: PSNR, reconstruction FID@N and the latent scale)"
     )
     _add_eval_arguments(evaluate)
     evaluate.add_argument("--sampler", default=None, type=_sampler_name,

@@ -1,4 +1,4 @@
-"""Sample-quality metric formulas: FID, KID, PRDC, memorization, the Pareto frontier.
+"""Sample-quality metric formulas: FID, KID, PRDC, memorization, PSNR, the Pareto frontier.
 
 They take features (arrays); the networks that compute features (the FID InceptionV3,
 the digits classifier, CLIP) are in :mod:`diffjax.networks`, and feature caching,
@@ -40,6 +40,7 @@ from diffjax.metrics.prdc import (
     knn_radii,
     precision_recall,
 )
+from diffjax.metrics.reconstruction import psnr
 
 __all__ = [
     "GU_THRESHOLD",
@@ -69,6 +70,7 @@ __all__ = [
     "pareto_front",
     "polynomial_mmd2_unbiased",
     "precision_recall",
+    "psnr",
     "save_nearest_neighbor_gallery",
     "save_statistics",
 ]
