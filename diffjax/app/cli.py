@@ -113,6 +113,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from diffjax.app import builders, images
     from diffjax.app.generate import generate, parse_guidance_interval
+    from diffjax.app.latent import load_latent_space
     from diffjax.app.train import load_trained
     from diffjax.files import atomic_output, write_npz_atomic
 
@@ -129,12 +130,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if labels is None and model.num_classes is not None:
         labels = np.repeat(np.arange(model.num_classes), args.num_per_label).astype(np.int32)
     schedule = builders.build_schedule(config.diffusion)
+    latent = load_latent_space(config, info)
     samples = generate(
         model,
         params,
         schedule,
         prediction_type=config.diffusion.prediction_type,
-        image_shape=tuple(info["image_shape"]),
+        image_shape=tuple(info["image_shape"]) if latent is None else latent.latent_shape,
         key=jax.random.key(args.seed),
         labels=labels,
         num_samples=args.num_per_label,
@@ -149,6 +151,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         consistency=builders.consistency_parameterization(
             config, schedule, tuple(info["image_shape"])
         ),
+        decoder=latent,
     )
     samples = np.asarray(samples)
     if not np.all(np.isfinite(samples)):

@@ -27,7 +27,7 @@ from diffjax.nn.groups import DEFAULT_NUM_GROUPS, embedding_erasing_widths
 
 # Keys that define what a checkpoint contains; a run resumed with different values
 # would load parameters that mean something else.
-CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion", "consistency")
+CHECKPOINT_DEFINING_SECTIONS = ("model", "diffusion", "consistency", "latent")
 CHECKPOINT_DEFINING_KEYS = ("task", "data.name")
 # What a run of each `task` trains, and the sections that define its checkpoint.
 TASKS = ("diffusion", "autoencoder")
@@ -143,6 +143,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.consistency.ect_k = 8.0
     config.consistency.ect_b = 1.0
     config.consistency.ect_stage_steps = 0  # ect: steps per stage; 0 = num_steps // 8
+
+    # Latent diffusion (Rombach et al. 2022): the UNet learns the scaled latents of a
+    # frozen KL autoencoder (a workdir of task 'autoencoder', absolute path); samples are
+    # decoded by it. '' trains on pixels.
+    config.latent = ml_collections.ConfigDict()
+    config.latent.autoencoder = ""
+    config.latent.autoencoder_step = 0  # its checkpoint; 0 = its newest
+    # The latents are z * scaling_factor; 0 = 1 / std of posterior samples of the first
+    # latent.scale_images training images, measured when the run starts (run_info.json).
+    config.latent.scaling_factor = 0.0
+    config.latent.scale_images = 10_000
 
     # The KL autoencoder (task 'autoencoder'; diffjax.nn.AutoencoderKL, diffusers' layout):
     # one level per entry of block_out_channels, each but the last halving the side.
@@ -596,6 +607,19 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
             f"consistency.method={values['consistency.method']!r}: expected '' for "
             "task='autoencoder' (consistency models are diffusion runs)"
         )
+    latent = values.get("latent.autoencoder")
+    if latent:
+        check("latent.autoencoder", os.path.isabs,
+              "an absolute path (the autoencoder's workdir), or '' for pixel diffusion")
+        if task_ok and values["task"] != "diffusion":
+            problems.append(f"latent.autoencoder={latent!r}: expected '' for "
+                            f"task={values['task']!r} (latents are what a diffusion run learns)")
+        if values.get("consistency.method"):
+            problems.append(f"latent.autoencoder={latent!r}: consistency models of latents are "
+                            "not built yet; expected '' with consistency.method set")
+    at_least("latent.autoencoder_step", 0)
+    at_least("latent.scaling_factor", 0, "a float")
+    at_least("latent.scale_images", 1)
 
     # sampling
     if "sampling.sampler" in values:

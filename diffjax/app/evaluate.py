@@ -48,6 +48,7 @@ from diffjax.app.features import (
     metric_label,
 )
 from diffjax.app.generate import generate
+from diffjax.app.latent import LatentSpace, load_latent_space
 from diffjax.app.reports import (
     format_pareto_table,
     plot_quality_vs_nfe,
@@ -241,6 +242,7 @@ class EvalContext(NamedTuple):
       reference: Statistics and a feature subset of the training set.
       reference_description: E.g. ``"digits train split, N=1438"``.
       classifier: The evaluation classifier (None when the dataset has none).
+      latent: A latent run's latent space (its samples are decoded); None for pixels.
     """
 
     workdir: str
@@ -253,6 +255,12 @@ class EvalContext(NamedTuple):
     reference: ReferenceSet
     reference_description: str
     classifier: ClassifierParams | None
+    latent: LatentSpace | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What the UNet samples: the latent shape of a latent run, else ``image_shape``."""
+        return self.image_shape if self.latent is None else self.latent.latent_shape
 
 
 def load_evaluation_context(
@@ -306,6 +314,7 @@ def load_evaluation_context(
         reference=reference,
         reference_description=f"{dataset} {split} split, N={reference.num_images}",
         classifier=classifier,
+        latent=load_latent_space(config, info),
     )
 
 
@@ -481,7 +490,7 @@ def sample_timed(
         x = generate(
             ctx.model, ctx.params, ctx.schedule,
             prediction_type=ctx.config.diffusion.prediction_type,
-            image_shape=ctx.image_shape,
+            image_shape=ctx.sample_shape,
             key=key,
             labels=labels,
             num_samples=per_batch,
@@ -492,6 +501,7 @@ def sample_timed(
             consistency=builders.consistency_parameterization(
                 ctx.config, ctx.schedule, ctx.image_shape
             ),
+            decoder=ctx.latent,
         )
         out.append(np.asarray(jax.block_until_ready(x)))
         times.append(time.perf_counter() - start)

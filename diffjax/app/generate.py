@@ -154,7 +154,7 @@ class _StaticSchedule:
 
 STATIC_ARGNAMES = (
     "static_schedule", "model", "prediction_type", "sampler", "num_steps", "guided",
-    "clip_x0", "image_shape", "batch_size", "consistency",
+    "clip_x0", "image_shape", "batch_size", "consistency", "decoder_model", "decoder_scale",
 )
 """The arguments of :func:`_generate_fn` that are static under ``jit``; the others
 (parameters, labels, key, guidance scale, rescale and interval, eta) are traced."""
@@ -179,6 +179,9 @@ def _generate_fn(
     image_shape: tuple[int, ...],
     batch_size: int,
     consistency: ConsistencyParameterization | None,
+    decoder_params: Any = None,
+    decoder_model: Any = None,
+    decoder_scale: float = 1.0,
 ) -> jax.Array:
     schedule = static_schedule.schedule
     denoise = builders.build_denoiser(model, params, schedule, prediction_type)
@@ -199,7 +202,11 @@ def _generate_fn(
     built = sampler.build(schedule, num_steps, eta=eta, clip_x0=clip_x0, sigma_range=sigma_range)
     noise_key, sample_key = jax.random.split(key)
     x_T = jax.random.normal(noise_key, (batch_size, *image_shape), jnp.float32)
-    return sample(built, denoise, x_T, sample_key, cond=labels)
+    x = sample(built, denoise, x_T, sample_key, cond=labels)
+    if decoder_model is not None:  # latent diffusion: D(x_0 / s)
+        x = decoder_model.apply({"params": decoder_params}, x / decoder_scale,
+                                method=decoder_model.decode)
+    return x
 
 
 _generate = jax.jit(_generate_fn, static_argnames=STATIC_ARGNAMES)
@@ -225,6 +232,7 @@ def generate(
     data_range: tuple[float, float] | None = PIXEL_DATA_RANGE,
     p_uncond: float = 0.1,
     consistency: ConsistencyParameterization | None = None,
+    decoder: Any = None,
 ) -> jax.Array:
     """Samples images from a trained UNet.
 
@@ -261,6 +269,10 @@ def generate(
         (:func:`~diffjax.consistency.consistency_denoiser`), sampled with ``'cm'``
         (multistep consistency sampling) or any other sampler; None for a diffusion
         model.
+      decoder: a latent diffusion run's :class:`~diffjax.app.latent.LatentSpace`: the
+        UNet samples latents of ``image_shape`` (the latent shape), which are decoded
+        to images ``D(x_0 / s)`` in the same compiled function; latents are never
+        clipped (``data_range`` is then None). None for pixel diffusion.
 
     Returns:
       float32 images (B, H, W, C).
@@ -275,6 +287,8 @@ def generate(
     """
     spec = parse_sampler(sampler)
     num_steps = check_num_steps(num_steps)
+    if decoder is not None:
+        data_range = None  # latents are unbounded
     spec.check_eta(eta)
     if isinstance(clip_x0, str):
         check_choice("clip_x0", clip_x0, ("auto",))
@@ -322,4 +336,7 @@ def generate(
         image_shape=tuple(image_shape),
         batch_size=batch_size,
         consistency=consistency,
+        decoder_params=None if decoder is None else decoder.params,
+        decoder_model=None if decoder is None else decoder.model,
+        decoder_scale=1.0 if decoder is None else float(decoder.scaling_factor),
     )

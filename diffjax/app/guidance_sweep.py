@@ -175,7 +175,7 @@ def guidance_sweep(
         x = generate(
             ctx.model, ctx.params, ctx.schedule,
             prediction_type=ctx.config.diffusion.prediction_type,
-            image_shape=ctx.image_shape,
+            image_shape=ctx.sample_shape,
             key=jax.random.key(seed),
             labels=labels,
             sampler=spec,
@@ -187,6 +187,7 @@ def guidance_sweep(
             consistency=builders.consistency_parameterization(
                 ctx.config, ctx.schedule, ctx.image_shape
             ),
+            decoder=ctx.latent,
         )
         x = np.asarray(x)
         if not np.all(np.isfinite(x)):

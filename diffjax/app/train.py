@@ -39,6 +39,7 @@ from diffjax._checks import check_choice
 from diffjax.app import builders
 from diffjax.app import checkpoint as ckpt
 from diffjax.app import config as config_lib
+from diffjax.app.latent import LatentSpace, latent_run_info, open_latent_space
 from diffjax.data import (
     ImageDataset,
     ImageSource,
@@ -217,6 +218,21 @@ def load_training_data(config: ml_collections.ConfigDict) -> ImageSource:
     return load_source(data.name, split=data.split, path=data.path, image_size=data.image_size)
 
 
+def first_images(source: ImageSource, n: int) -> np.ndarray:
+    """The first ``n`` images of ``source`` (all of them if it has fewer), decoded."""
+    count = min(int(n), source.num_examples)
+    return np.stack([np.asarray(source.decode(source.records[i])["image"], np.float32)
+                     for i in range(count)])
+
+
+def _saved_latent_scale(workdir: str) -> float | None:
+    """The latent scaling factor a workdir's run measured before (its run_info.json)."""
+    try:
+        return ckpt.read_run_info(workdir).get("latent_scaling_factor")
+    except FileNotFoundError:
+        return None
+
+
 def run_info(source: ImageSource) -> dict[str, Any]:
     """The data facts a checkpoint depends on (saved as ``run_info.json``)."""
     return {"image_shape": list(source.image_shape), "num_classes": int(source.num_classes)}
@@ -287,7 +303,13 @@ def train(
     check_apart_from_teacher(config, workdir)
     training = config.training
     source = _as_source(dataset) if dataset is not None else load_training_data(config)
-    config_lib.validate_config(config, image_size=int(source.image_shape[0]))
+    space = open_latent_space(
+        config, tuple(source.image_shape), lambda n: first_images(source, n),
+        measured_scale=_saved_latent_scale(workdir),
+    )
+    # The UNet runs at the latents' size in a latent run.
+    model_shape = space.latent_shape if space is not None else tuple(source.image_shape)
+    config_lib.validate_config(config, image_size=int(model_shape[0]))
     if training.batch_size > source.num_examples:
         raise ValueError(
             f"training.batch_size={training.batch_size} exceeds the {source.num_examples} "
@@ -297,6 +319,8 @@ def train(
     sharding.check_batch_size(training.batch_size, mesh, training.grad_accum_steps)
     check_example(source, source.decode(source.records[0]))
     info = run_info(source)
+    if space is not None:
+        info.update(latent_run_info(space))
     ckpt.check_workdir(workdir, config, info)
     teacher = load_teacher(config, workdir, info)
     with PreemptionWatcher() as preemption:
@@ -306,7 +330,9 @@ def train(
         try:
             if lock is not None:
                 lock.acquire()
-            return _train_locked(config, workdir, source, info, mesh, preemption, step, teacher)
+            return _train_locked(
+                config, workdir, source, info, mesh, preemption, step, teacher, space
+            )
         finally:
             if lock is not None:
                 lock.release()
@@ -323,6 +349,7 @@ def _train_locked(
     preemption: PreemptionWatcher,
     resume_step: int | None,
     teacher: Teacher | None,
+    space: LatentSpace | None = None,
 ) -> TrainState:
     """The body of :func:`train`, run while holding the workdir lock."""
     training = config.training
@@ -334,10 +361,10 @@ def _train_locked(
         random_flip=config.data.random_flip,
         labels=config.model.class_conditional and config.task == "diffusion",
     )
-    model = builders.build_model(config, source.num_classes, tuple(source.image_shape))
+    image_shape = space.latent_shape if space is not None else tuple(source.image_shape)
+    model = builders.build_model(config, source.num_classes, image_shape)
     schedule = builders.build_schedule(config.diffusion)
     optimizer = make_optimizer(config.optim)
-    image_shape = tuple(source.image_shape)
     replicated = sharding.replicated(mesh)
 
     def init_state(key: jax.Array) -> TrainState:
@@ -380,7 +407,7 @@ def _train_locked(
         preemption.manager = manager
         state = _run_steps(
             config, workdir, source, mesh, model, schedule, optimizer, state, train_key,
-            data_iterator, manager, preemption, teacher,
+            data_iterator, manager, preemption, teacher, space,
         )
         _bounded(manager.wait_until_finished, save_timeout_s, "finishing the last save", workdir)
         failed = False
@@ -530,10 +557,11 @@ def _run_steps(
     manager: Any,
     preemption: PreemptionWatcher,
     teacher: Teacher | None = None,
+    space: LatentSpace | None = None,
 ) -> TrainState:
     """The step loop: train, log, check finiteness, save; stop at a signal."""
     training = config.training
-    train_step = _jitted_step(config, source, mesh, model, schedule, optimizer, teacher)
+    train_step = _jitted_step(config, source, mesh, model, schedule, optimizer, teacher, space)
     start = int(state.step)
     is_main = jax.process_index() == 0
     metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -636,6 +664,7 @@ def _jitted_step(
     schedule: DiscreteSchedule,
     optimizer: Any,
     teacher: Teacher | None,
+    space: LatentSpace | None = None,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, Any]]:
     """The jitted, state-donating ``step(state, batch, key)`` of the run."""
     training = config.training
@@ -662,9 +691,15 @@ def _jitted_step(
             training.ema_decay,
             grad_accum_steps=training.grad_accum_steps,
             mesh=mesh,
+            encode=None if space is None else space.encode_fn(),
         )
-        return jax.jit(step_fn, in_shardings=shardings,
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+        if space is None:
+            return jax.jit(step_fn, in_shardings=shardings,
+                           out_shardings=(replicated, replicated), donate_argnums=0)
+        # The frozen autoencoder's parameters are an argument, not compiled in.
+        latent_step = jax.jit(step_fn, in_shardings=(*shardings, replicated),
+                              out_shardings=(replicated, replicated), donate_argnums=0)
+        return lambda state, batch, key: latent_step(state, batch, key, space.params)
     cd = config.consistency.method == "cd"
     step_fn = make_consistency_train_step(
         model,
@@ -713,7 +748,8 @@ def load_trained(
             "model"
         )
     info = ckpt.read_run_info(workdir)
-    image_shape = tuple(info["image_shape"])
+    # A latent run's UNet works on latents (run_info's latent_shape).
+    image_shape = tuple(info.get("latent_shape") or info["image_shape"])
     model = builders.build_model(config, info["num_classes"], image_shape)
     optimizer = make_optimizer(config.optim)
 

@@ -37,6 +37,9 @@ UNROLLED_ACCUMULATION_BACKENDS: frozenset[str] = frozenset({"cpu"})
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# Folded into an example's key for its latent (the autoencoder's posterior sample), a
+# stream apart from the diffusion noise the same key draws.
+LATENT_STREAM = 0x1A7E
 
 
 def example_keys(step_key: jax.Array, batch_size: int) -> jax.Array:
@@ -75,7 +78,8 @@ def make_train_step(
     *,
     grad_accum_steps: int = 1,
     mesh: Mesh | None = None,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    encode: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+) -> Callable[..., tuple[TrainState, Metrics]]:
     """Builds the step function for one model, schedule and objective.
 
     The returned function is pure: the randomness of step ``n`` is
@@ -100,11 +104,19 @@ def make_train_step(
         all-reduced once after it. Without a mesh the loop is left to the compiler,
         which keeps the result the same but, on several devices, all-reduces the
         gradients once per microbatch.
+      encode: latent diffusion (Rombach et al. 2022): ``encode(frozen, images, keys) ->
+        latents`` maps the batch's images to what the UNet learns to denoise (e.g. a
+        frozen autoencoder's scaled posterior samples), example ``i`` drawing from
+        ``keys[i]`` (its own stream, :data:`LATENT_STREAM` folded into its key). It runs
+        on the whole batch before the microbatch split, without gradients; ``frozen``
+        is the step's fourth argument (the autoencoder's parameters, an argument so that
+        they are not compiled into the step).
 
     Returns:
-      ``train_step(state, batch, key) -> (state, metrics)`` with batch keys ``image``
-      and, for a conditional model, ``label``; the batch size must be divisible by
-      ``grad_accum_steps`` (times the data-axis size of ``mesh``, when one is given).
+      ``train_step(state, batch, key, frozen=None) -> (state, metrics)`` with batch keys
+      ``image`` and, for a conditional model, ``label``; the batch size must be
+      divisible by ``grad_accum_steps`` (times the data-axis size of ``mesh``, when one
+      is given).
     """
     conditional = model.num_classes is not None
     p_uncond = float(diffusion.p_uncond) if conditional else 0.0
@@ -153,8 +165,15 @@ def make_train_step(
         lambda params, _, examples: batch_loss(params, examples), grad_accum_steps, mesh
     )
 
-    def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
+    def train_step(
+        state: TrainState, batch: Batch, key: jax.Array, frozen: Any = None
+    ) -> tuple[TrainState, Metrics]:
         examples = step_examples(batch, key, state.step, conditional, grad_fn)
+        if encode is not None:
+            images, labels, keys = examples
+            latent_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, LATENT_STREAM)
+            latents = jax.lax.stop_gradient(encode(frozen, images, latent_keys))
+            examples = (latents, labels, keys)
         loss, grads = grad_fn(state.params, None, examples)
         return apply_gradients(state, grads, loss, optimizer, ema_decay)
 
