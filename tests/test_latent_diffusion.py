@@ -14,8 +14,8 @@ import pytest
 from diffjax.app import builders
 from diffjax.app.cli import main
 from diffjax.app.config import apply_overrides, digits_config
-from diffjax.app.latent import open_latent_space
-from diffjax.app.train import load_trained, train
+from diffjax.app.latent import check_latent_cache, open_latent_space
+from diffjax.app.train import load_trained, load_training_data, train
 from diffjax.data import load_digits
 from diffjax.training.state import create_train_state
 from diffjax.training.step import LATENT_STREAM, make_train_step
@@ -132,3 +132,38 @@ def test_latent_runs_refuse_an_autoencoder_that_is_not_theirs(autoencoder, laten
     with pytest.raises(ValueError, match="consistency models of latents are not built"):
         train(latent_config(autoencoder, "consistency.method=ict"), str(tmp_path / "z"))
     assert not any(os.path.exists(tmp_path / n) for n in "xyz")
+
+
+def test_latents_cached_once_train_as_the_on_the_fly_ones(autoencoder, latent_run, tmp_path):
+    cache = str(tmp_path / "cache" / "digits_latents.npz")
+    cached = str(tmp_path / "cached")
+    train(latent_config(autoencoder, f"latent.cache={cache}"), cached)
+    with np.load(cache) as f:
+        chex.assert_shape(f["moments"], (1438, 4, 4, 4))  # every image's mean and log-variance
+        assert str(f["fingerprint"]) == load_json(latent_run, "run_info.json")[
+            "autoencoder_fingerprint"]
+    # The same samples of the same posteriors: the run of the cache is the on-the-fly run's.
+    chex.assert_trees_all_close(load_trained(cached)[2], load_trained(latent_run)[2],
+                                rtol=1e-5, atol=1e-6)
+    # A later run reads the cache (it matches); one of another autoencoder is refused.
+    config = latent_config(autoencoder, f"latent.cache={cache}")
+    source = load_training_data(config)
+    space = open_latent_space(config, (8, 8, 1), measured_scale=0.5)
+    assert check_latent_cache(cache, space, source)
+    with np.load(cache) as f:
+        arrays = dict(f)
+    arrays["fingerprint"] = np.asarray("0123456789abcdef")
+    np.savez(cache, **arrays)
+    built = os.path.getmtime(cache)
+    with pytest.raises(ValueError, match="does not belong to this run: built with another "
+                                         "autoencoder"):
+        train(config, str(tmp_path / "refused"))
+    assert not os.path.exists(tmp_path / "refused") and os.path.getmtime(cache) == built
+    with pytest.raises(ValueError, match="a flipped latent is not the latent"):
+        train(latent_config(autoencoder, f"latent.cache={cache}", "data.random_flip=True"),
+              str(tmp_path / "flipped"))
+
+
+def load_json(workdir, name):
+    with open(os.path.join(workdir, name)) as f:
+        return json.load(f)

@@ -37,7 +37,7 @@ TASK_DEFINING_SECTIONS = {
 }
 # Keys of the defining sections that say how the model runs, not what it is: the same
 # parameters serve any value, so a resumed run may change them.
-CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.remat")
+CHECKPOINT_NEUTRAL_KEYS = ("model.dtype", "model.remat", "latent.cache")
 # Keys older versions had and saved, that said how the model ran (never what it is); a
 # saved config that has them still loads, and they are ignored.
 REMOVED_KEYS = ("model.conv_weight_grad",)
@@ -154,6 +154,9 @@ def base_config() -> ml_collections.ConfigDict:
     # latent.scale_images training images, measured when the run starts (run_info.json).
     config.latent.scaling_factor = 0.0
     config.latent.scale_images = 10_000
+    # '' encodes each batch in the train step; a path (absolute, .npz) encodes the training
+    # set once into that file (reused by later runs of the same autoencoder and data).
+    config.latent.cache = ""
 
     # The KL autoencoder (task 'autoencoder'; diffjax.nn.AutoencoderKL, diffusers' layout):
     # one level per entry of block_out_channels, each but the last halving the side.
@@ -617,6 +620,15 @@ def _check_values(values: dict[str, Any], problems: list[str], image_size: int |
         if values.get("consistency.method"):
             problems.append(f"latent.autoencoder={latent!r}: consistency models of latents are "
                             "not built yet; expected '' with consistency.method set")
+    cache = values.get("latent.cache")
+    if cache:
+        check("latent.cache", lambda v: os.path.isabs(v) and v.endswith(".npz"),
+              "an absolute path of an .npz file, or '' to encode on the fly")
+        if not latent:
+            problems.append(f"latent.cache={cache!r}: expected '' without latent.autoencoder")
+        if values.get("data.random_flip"):
+            problems.append(f"latent.cache={cache!r}: expected '' with data.random_flip=True "
+                            "(a flipped latent is not the latent of the flipped image)")
     at_least("latent.autoencoder_step", 0)
     at_least("latent.scaling_factor", 0, "a float")
     at_least("latent.scale_images", 1)

@@ -1,4 +1,4 @@
-"""The latent space of a latent diffusion run: its frozen autoencoder, scale and shape.
+"""The latent space of a latent diffusion run: its frozen autoencoder, scale, shape, cache.
 
 A diffusion run with ``latent.autoencoder`` set trains its UNet on ``s z``, ``z`` a
 posterior sample of the frozen autoencoder (a workdir of task ``'autoencoder'``) and
@@ -7,6 +7,12 @@ latents unless ``latent.scaling_factor`` sets it); samples are ``D(x_0 / s)``. T
 facts a checkpoint depends on (the latent shape, the factor, a fingerprint of the
 autoencoder's weights) go into ``run_info.json``, so a resumed run, or one pointed at a
 retrained autoencoder, is checked against them.
+
+Latents are encoded on the fly in the train step (the default), or once, before
+training, into the cache file ``latent.cache`` names (:func:`build_latent_cache`): the
+posterior's mean and log-variance of every training image, from which each step draws
+its samples as the on-the-fly path does. A cache records the autoencoder's fingerprint
+and the data it was built from; a cache of another autoencoder or data is refused.
 """
 
 from __future__ import annotations
@@ -21,10 +27,20 @@ import ml_collections
 import numpy as np
 
 from diffjax.app.features import tree_fingerprint
+from diffjax.data.pipeline import ImageSource
+from diffjax.files import write_npz_atomic
 from diffjax.nn.autoencoder import AutoencoderKL, sample_latent
 from diffjax.training.autoencoder_step import latent_scaling_factor
 
-__all__ = ["LatentSpace", "latent_run_info", "load_latent_space", "open_latent_space"]
+__all__ = [
+    "LatentSpace",
+    "build_latent_cache",
+    "cached_latent_source",
+    "check_latent_cache",
+    "latent_run_info",
+    "load_latent_space",
+    "open_latent_space",
+]
 
 
 class LatentSpace(NamedTuple):
@@ -54,6 +70,16 @@ class LatentSpace(NamedTuple):
             mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
             z = jax.vmap(sample_latent)(mean, logvar, keys)
             return z * scale
+
+        return encode
+
+    def sample_cached_fn(self) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+        """``encode(_, moments, keys) -> s z`` from cached ``concat(mean, logvar)`` moments."""
+        scale = self.scaling_factor
+
+        def encode(_: Any, moments: jax.Array, keys: jax.Array) -> jax.Array:
+            mean, logvar = jnp.split(moments, 2, axis=-1)
+            return jax.vmap(sample_latent)(mean, logvar, keys) * scale
 
         return encode
 
@@ -153,3 +179,83 @@ def load_latent_space(
             f"{info.get('autoencoder_fingerprint')}); its latents mean something else"
         )
     return space
+
+
+_CACHE_KEYS = ("moments", "labels", "fingerprint", "source", "count")
+
+
+def _read_cache(path: str) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in _CACHE_KEYS if k not in f.files]
+        if missing:
+            raise ValueError(f"latent.cache={path!r} is not a latent cache (it lacks {missing})")
+        return {k: f[k] for k in _CACHE_KEYS}
+
+
+def check_latent_cache(path: str, space: LatentSpace, source: ImageSource) -> bool:
+    """Whether the cache at ``path`` exists (False: it is to be built); reads only.
+
+    Raises:
+      ValueError: naming ``latent.cache`` for a file built with another autoencoder, from
+        other data, or of another shape.
+    """
+    if not os.path.exists(path):
+        return False
+    cache = _read_cache(path)
+    problems = []
+    if str(cache["fingerprint"]) != space.fingerprint:
+        problems.append(f"built with another autoencoder (fingerprint {cache['fingerprint']}, "
+                        f"the run's is {space.fingerprint})")
+    if str(cache["source"]) != source.name or int(cache["count"]) != source.num_examples:
+        problems.append(f"built from {int(cache['count'])} images of {str(cache['source'])!r}, "
+                        f"the run trains on {source.num_examples} of {source.name!r}")
+    expected = (*space.latent_shape[:2], 2 * space.latent_shape[2])
+    if tuple(cache["moments"].shape[1:]) != expected:
+        problems.append(f"moments of shape {cache['moments'].shape[1:]}, expected {expected}")
+    if problems:
+        raise ValueError(f"latent.cache={path!r} does not belong to this run: "
+                         + "; ".join(problems) + " (delete it or name another file)")
+    return True
+
+
+def build_latent_cache(
+    path: str, space: LatentSpace, source: ImageSource, *, batch_size: int = 250
+) -> None:
+    """Encodes every training image once: ``concat(mean, logvar)`` to ``path`` (atomic)."""
+    encode = jax.jit(lambda p, x: jnp.concatenate(
+        space.model.apply({"params": p}, x, method=AutoencoderKL.encode), axis=-1))
+    moments, labels = [], []
+    for start in range(0, source.num_examples, batch_size):
+        examples = [source.decode(source.records[i])
+                    for i in range(start, min(start + batch_size, source.num_examples))]
+        images = np.stack([np.asarray(e["image"], np.float32) for e in examples])
+        moments.append(np.asarray(encode(space.params, images), np.float32))
+        labels.append(np.asarray([int(e.get("label", 0)) for e in examples], np.int32))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_npz_atomic(path, moments=np.concatenate(moments), labels=np.concatenate(labels),
+                     fingerprint=np.asarray(space.fingerprint), source=np.asarray(source.name),
+                     count=np.asarray(source.num_examples))
+
+
+class _MomentRecords:
+    def __init__(self, moments: np.ndarray, labels: np.ndarray):
+        self._moments, self._labels = moments, labels
+
+    def __len__(self) -> int:
+        return int(self._moments.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"image": self._moments[index], "label": self._labels[index]}
+
+
+def cached_latent_source(path: str, source: ImageSource) -> ImageSource:
+    """The cache as a training source: record ``i`` holds image ``i``'s moments and label."""
+    cache = _read_cache(path)
+    moments = cache["moments"]
+    return ImageSource(
+        records=_MomentRecords(moments, cache["labels"]),
+        decode=lambda record: record,
+        image_shape=tuple(int(d) for d in moments.shape[1:]),
+        num_classes=source.num_classes,
+        name=source.name,
+    )

@@ -39,7 +39,14 @@ from diffjax._checks import check_choice
 from diffjax.app import builders
 from diffjax.app import checkpoint as ckpt
 from diffjax.app import config as config_lib
-from diffjax.app.latent import LatentSpace, latent_run_info, open_latent_space
+from diffjax.app.latent import (
+    LatentSpace,
+    build_latent_cache,
+    cached_latent_source,
+    check_latent_cache,
+    latent_run_info,
+    open_latent_space,
+)
 from diffjax.data import (
     ImageDataset,
     ImageSource,
@@ -321,6 +328,8 @@ def train(
     info = run_info(source)
     if space is not None:
         info.update(latent_run_info(space))
+        if config.latent.cache:
+            check_latent_cache(config.latent.cache, space, source)  # reads only
     ckpt.check_workdir(workdir, config, info)
     teacher = load_teacher(config, workdir, info)
     with PreemptionWatcher() as preemption:
@@ -354,8 +363,13 @@ def _train_locked(
     """The body of :func:`train`, run while holding the workdir lock."""
     training = config.training
     ckpt.check_workdir(workdir, config, info)  # again: another run may have written meanwhile
+    data = source
+    if space is not None and config.latent.cache:
+        if not check_latent_cache(config.latent.cache, space, source):
+            build_latent_cache(config.latent.cache, space, source)
+        data = cached_latent_source(config.latent.cache, source)
     batches = training_batches(
-        source,
+        data,
         training.batch_size,
         seed=training.seed,
         random_flip=config.data.random_flip,
@@ -691,9 +705,11 @@ def _jitted_step(
             training.ema_decay,
             grad_accum_steps=training.grad_accum_steps,
             mesh=mesh,
-            encode=None if space is None else space.encode_fn(),
+            encode=None if space is None else (
+                space.sample_cached_fn() if config.latent.cache else space.encode_fn()
+            ),
         )
-        if space is None:
+        if space is None or config.latent.cache:  # no frozen parameters in the step
             return jax.jit(step_fn, in_shardings=shardings,
                            out_shardings=(replicated, replicated), donate_argnums=0)
         # The frozen autoencoder's parameters are an argument, not compiled in.
