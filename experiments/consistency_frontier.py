@@ -96,7 +96,8 @@ def table(agg, label):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", required=True)
-    parser.add_argument("--students", required=True, help="name=workdir,name=workdir,...")
+    parser.add_argument("--students", default="",
+                        help="name=workdir,name=workdir,... (none: the teacher's rows only)")
     parser.add_argument("--teacher-samplers", default="ddim,dpm++2m")
     parser.add_argument("--teacher-nfe", default="5,10,20,50")
     parser.add_argument("--student-nfe", default="1,2,4")
@@ -113,7 +114,7 @@ def main():
                         help="evaluate only the students (the teacher's rows from --include)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    students = dict(item.split("=", 1) for item in args.students.split(","))
+    students = dict(item.split("=", 1) for item in args.students.split(",") if item)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     rows = []
