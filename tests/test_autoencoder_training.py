@@ -1,5 +1,6 @@
 """The KL autoencoder: its objective and step (formulas, split invariance, scale), its runs."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from diffjax.data import load_digits
 from diffjax.metrics import psnr
 from diffjax.networks.classifier import save_classifier, train_classifier
 from diffjax.nn.autoencoder import AutoencoderKL, AutoencoderKLConfig
+from diffjax.stable_diffusion.vae import load_vae, save_vae
 from diffjax.training.autoencoder_step import (
     autoencoder_loss,
     kl_to_standard_normal,
@@ -178,3 +180,33 @@ def test_an_autoencoder_run_trains_resumes_and_refuses_other_runs(tiny_trained_w
     assert main([*argv, "--workdir", other]) == 2
     assert "task: checkpoint has 'diffusion', config has 'autoencoder'" in capsys.readouterr().err
     assert sorted(os.listdir(os.path.join(other, "checkpoints"))) == before
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_an_autoencoder_saves_as_a_diffusers_vae_folder(tiny, tmp_path):
+    model, params = tiny
+    config = dataclasses.replace(model.config, scaling_factor=0.7)
+    save_vae(tmp_path / "vae", params, config)
+    loaded, loaded_config = load_vae(tmp_path / "vae")
+    assert loaded_config == config
+    chex.assert_trees_all_equal(loaded, params)
+    with pytest.raises(ValueError, match="params do not match"):
+        save_vae(tmp_path / "other", params, dataclasses.replace(config, latent_channels=3))
+
+
+def test_diffusers_reads_the_saved_vae_to_the_same_outputs(tiny, tmp_path):
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    model, params = tiny
+    save_vae(tmp_path / "vae", params, model.config)
+    theirs = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+    with torch.no_grad():
+        mean_t = theirs.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist.mean
+        decoded_t = theirs.decode(mean_t).sample.numpy().transpose(0, 2, 3, 1)
+    mean, _ = model.apply({"params": params}, x, method=AutoencoderKL.encode)
+    decoded = model.apply({"params": params}, mean, method=AutoencoderKL.decode)
+    np.testing.assert_allclose(mean_t.numpy().transpose(0, 2, 3, 1), mean, atol=1e-5)
+    np.testing.assert_allclose(decoded_t, decoded, atol=1e-5)

@@ -171,6 +171,17 @@ class AutoencoderKLConfig:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
+    def to_diffusers(self) -> dict[str, Any]:
+        """This config as diffusers' ``vae/config.json`` dict (:meth:`from_diffusers` reads it)."""
+        d: dict[str, Any] = {"_class_name": "AutoencoderKL"}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            d[f.name] = list(value) if isinstance(value, tuple) else value
+        levels = len(self.block_out_channels)
+        d["down_block_types"] = [_DOWN_BLOCK] * levels
+        d["up_block_types"] = [_UP_BLOCK] * levels
+        return d
+
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> AutoencoderKLConfig:
         """Reads a diffusers ``vae/config.json`` (see :meth:`from_diffusers`)."""

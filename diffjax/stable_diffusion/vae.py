@@ -12,6 +12,7 @@ renamed as diffusers does on load (:func:`rename_deprecated_attention`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "load_vae",
     "params_from_diffusers_state_dict",
     "rename_deprecated_attention",
+    "save_vae",
     "vae_param_shapes",
 ]
 
@@ -148,3 +150,32 @@ def load_vae(
         state_dict, config, what=f"the VAE in {directory!r}", dtype=None
     )
     return jax.tree.map(lambda v: jnp.asarray(v, dtype), params), config
+
+
+def save_vae(
+    path: str | os.PathLike[str], params: Mapping[str, Any], config: AutoencoderKLConfig
+) -> None:
+    """Writes an :class:`AutoencoderKL` as a diffusers ``vae/`` folder.
+
+    ``config.json`` (:meth:`AutoencoderKLConfig.to_diffusers`) and
+    ``diffusion_pytorch_model.safetensors`` in diffusers' names and (NCHW) layouts, float32;
+    :func:`load_vae` and diffusers' ``AutoencoderKL.from_pretrained`` read it.
+    """
+    from diffjax.files import write_text_atomic
+    from diffjax.networks.safetensors_io import write_safetensors
+    from diffjax.networks.torch_layout import state_dict_from_params
+
+    directory = os.fspath(path)
+    os.makedirs(directory, exist_ok=True)
+    shapes = vae_param_shapes(config)
+    flat = flatten_params(params)
+    if set(flat) != set(shapes) or any(tuple(np.shape(flat[k])) != shapes[k] for k in shapes):
+        raise ValueError("params do not match the AutoencoderKL of this config (other names or "
+                         "shapes).")
+    tensors = state_dict_from_params(
+        jax.tree.map(lambda v: np.asarray(v, np.float32), dict(params)),
+        lambda p: diffusers_vae_param(p, shapes[p]),
+    )
+    write_safetensors(os.path.join(directory, "diffusion_pytorch_model.safetensors"), tensors)
+    write_text_atomic(os.path.join(directory, "config.json"),
+                      json.dumps(config.to_diffusers(), indent=2) + "\n")
