@@ -63,8 +63,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # sharding 184, two-process training 120, training 117, configs 101, SD pipeline 99,
 # demo 93, CLI 77; the notebooks are split over two files since, and the consistency
 # runs, about 300 on the loaded machine, came after; with both, the clean-clone run took
-# 11:35 at 186% CPU, notebook 04 99 s and 05 63 s the longest). xdist hands out whole files
-# (``--dist loadfile``), by default the files with the most tests first, which put these
+# 11:35 at 186% CPU, notebook 04 99 s and 05 63 s the longest; the latent-diffusion and
+# autoencoder files, about 60 s each on the loaded machine, came after). xdist hands out
+# whole files (``--dist loadfile``), by default the files with the most tests first, which put these
 # few-test, long files last: the run then ended with one worker busy on them and the
 # other idle. They go first instead.
 LONGEST_FILES = (
@@ -73,6 +74,7 @@ LONGEST_FILES = (
     "test_distributed.py", "test_training.py", "test_configs.py", "test_sd_pipeline.py",
     "test_demo.py", "test_cli.py", "test_samplers.py", "test_sampler_order.py",
     "test_bad_inputs.py", "test_dpm_solver.py", "test_consistency_training.py",
+    "test_latent_diffusion.py", "test_autoencoder_training.py",
 )
 
 

@@ -111,8 +111,9 @@ def test_the_student_starts_from_the_teacher_and_keeps_a_target_network(cd_run):
 def test_a_resumed_distillation_is_the_uninterrupted_one(cd_run, tmp_path):
     teacher, student, _ = cd_run
     resumed = str(tmp_path / "resumed")
-    distil(teacher, resumed, overrides=["training.num_steps=16"])  # stopped at step 16
-    distil(teacher, resumed)  # the same command again: resumes to 32
+    shutil.copytree(student, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "32"))  # as if stopped at step 16
+    distil(teacher, resumed)  # the same command again: resumes from 16 to 32
     chex.assert_trees_all_equal(load_trained(resumed)[2], load_trained(student)[2])
 
 
