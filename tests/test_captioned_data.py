@@ -243,6 +243,11 @@ def test_a_bpe_vocabulary_learned_from_captions(shapes_train, tmp_path):
                                 tok([*captions, "a purple hexagon!"]))
     with pytest.raises(ValueError, match="non-empty sequence"):
         train_bpe([])
+    # A caption longer than the text window: cut by default, refused on request.
+    long = " ".join(captions[:3])
+    assert tok([long], max_length=16).shape == (1, 16)
+    with pytest.raises(ValueError, match=r"text 1 \('a .*has 2\d tokens; the text window holds 14"):
+        tok([captions[0], long], max_length=16, truncate=False)
 
 
 def test_the_learned_vocabulary_reads_the_same_in_transformers(shapes_train, tmp_path):

@@ -308,16 +308,25 @@ class CLIPTokenizer:
                 ids.extend(self._encode_piece(piece))
         return ids
 
-    def __call__(self, texts: str | Sequence[str], max_length: int | None = None) -> np.ndarray:
+    def __call__(
+        self, texts: str | Sequence[str], max_length: int | None = None, *,
+        truncate: bool = True,
+    ) -> np.ndarray:
         """Tokenizes, adds BOS/EOS, truncates and right-pads to a fixed length.
 
         Args:
           texts: One string or a sequence of strings.
           max_length: Output length (default ``self.max_length``); longer texts are
             truncated to ``max_length - 2`` tokens before BOS/EOS are added.
+          truncate: False refuses a text longer than the window instead (training
+            captions, where a cut caption would teach the wrong text).
 
         Returns:
           ``(N, max_length)`` int32 ids (``N = 1`` for a single string).
+
+        Raises:
+          ValueError: with ``truncate=False``, naming the first text that does not fit,
+            its token count and the window.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -326,7 +335,13 @@ class CLIPTokenizer:
             raise ValueError(f"max_length must be >= 2 (BOS + EOS), got {max_length=}.")
         out = np.full((len(texts), length), self.pad_token_id, np.int32)
         for row, text in enumerate(texts):
-            ids = [self.bos_token_id, *self.encode(text)[: length - 2], self.eos_token_id]
+            tokens = self.encode(text)
+            if not truncate and len(tokens) > length - 2:
+                raise ValueError(
+                    f"text {row} ({text[:60]!r}) has {len(tokens)} tokens; the text window "
+                    f"holds {length - 2} (max_length={length} with BOS and EOS)."
+                )
+            ids = [self.bos_token_id, *tokens[: length - 2], self.eos_token_id]
             out[row, : len(ids)] = ids
         return out
 
