@@ -16,8 +16,9 @@ see (add --distributed-auto on a TPU pod or SLURM, or --coordinator-address=HOST
 --num-processes=N --process-id=i elsewhere).
 A teacher for consistency distillation sized for 2 CPU cores (a 32-channel UNet, (1, 2,
 2), one residual block per level, attention at 7x7, no dropout, batch 64, 3,000 steps):
-it trains at 76 images/s on the idle 2-core VM, so in about 42 min (30 images/s while
-the test suite shared the machine):
+it trained at 76 images/s on the idle 2-core VM of 2026-12-04 (3,000 steps in about 42
+min; 30 images/s while the test suite shared it), and at 25 images/s on a machine of the
+same kind on 2026-12-06 (1,000 steps in 51 min, lightly shared):
   diffjax train --config experiments/configs/fashion_mnist.py:cpu --workdir workdirs/fashion_cpu
 Tiny local variants (a one-level 8-channel UNet, 8 steps):
   diffjax train --config experiments/configs/fashion_mnist.py:tiny --workdir /tmp/fashion_tiny
