@@ -56,7 +56,7 @@ from diffjax.app.reports import (
     write_rows,
 )
 from diffjax.app.sampler_specs import SamplerSpec, parse_sampler
-from diffjax.app.train import load_trained, load_training_data
+from diffjax.app.train import first_images, load_trained, load_training_data
 from diffjax.data import load_dataset
 from diffjax.files import write_text_atomic
 from diffjax.metrics.fid import compute_statistics, frechet_distance, load_statistics
@@ -321,10 +321,7 @@ def load_evaluation_context(
 def _training_images(config: ml_collections.ConfigDict) -> np.ndarray:
     """All images of the run's training split, decoded, ``(N, H, W, C)`` on ``[-1, 1]``."""
     source = load_training_data(config)
-    return np.stack(
-        [np.asarray(source.decode(source.records[i])["image"], np.float32)
-         for i in range(source.num_examples)]
-    )
+    return first_images(source, source.num_examples)
 
 
 def default_guidance(ctx: EvalContext) -> float | None:

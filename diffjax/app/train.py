@@ -684,6 +684,13 @@ def _jitted_step(
     training = config.training
     replicated = sharding.replicated(mesh)
     shardings = (replicated, sharding.batch_sharded(mesh), replicated)
+
+    def jit_step(step_fn: Callable[..., Any], frozen_argument: bool = False) -> Any:
+        """``step_fn`` jitted: state donated, the batch sharded, a replicated 4th argument."""
+        in_shardings = (*shardings, replicated) if frozen_argument else shardings
+        return jax.jit(step_fn, in_shardings=in_shardings,
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+
     if config.task == "autoencoder":
         step_fn = make_autoencoder_train_step(
             model,
@@ -694,8 +701,7 @@ def _jitted_step(
             grad_accum_steps=training.grad_accum_steps,
             mesh=mesh,
         )
-        return jax.jit(step_fn, in_shardings=shardings,
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+        return jit_step(step_fn)
     if not config.consistency.method:
         step_fn = make_train_step(
             model,
@@ -710,11 +716,9 @@ def _jitted_step(
             ),
         )
         if space is None or config.latent.cache:  # no frozen parameters in the step
-            return jax.jit(step_fn, in_shardings=shardings,
-                           out_shardings=(replicated, replicated), donate_argnums=0)
+            return jit_step(step_fn)
         # The frozen autoencoder's parameters are an argument, not compiled in.
-        latent_step = jax.jit(step_fn, in_shardings=(*shardings, replicated),
-                              out_shardings=(replicated, replicated), donate_argnums=0)
+        latent_step = jit_step(step_fn, frozen_argument=True)
         return lambda state, batch, key: latent_step(state, batch, key, space.params)
     cd = config.consistency.method == "cd"
     step_fn = make_consistency_train_step(
@@ -731,8 +735,7 @@ def _jitted_step(
         grad_accum_steps=training.grad_accum_steps,
         mesh=mesh,
     )
-    jitted = jax.jit(step_fn, in_shardings=(*shardings, replicated),
-                     out_shardings=(replicated, replicated), donate_argnums=0)
+    jitted = jit_step(step_fn, frozen_argument=True)
     teacher_params = teacher.params if cd else None
     return lambda state, batch, key: jitted(state, batch, key, teacher_params)
 
